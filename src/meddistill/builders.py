@@ -1,0 +1,52 @@
+"""Turn an :class:`ExperimentConfig` into samples, networks and a distiller."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .config import DataConfig, ExperimentConfig, NetworkConfig
+from .data import VesselSample, load_dataset, make_phantom_dataset, split_samples
+from .errors import MeddistillError
+from .zoo import build_network, load_model
+
+
+def phantom_samples(count: int, size: int, seed: int) -> list[VesselSample]:
+    """The embedded default data: procedural fundus phantoms with exact vessel masks."""
+    return [
+        VesselSample(name=f"phantom_{seed}_{i:03d}", image=p.image, vessels=p.vessels, fov=p.fov)
+        for i, p in enumerate(make_phantom_dataset(count, size=size, seed=seed))
+    ]
+
+
+def build_samples(data: DataConfig, seed: int) -> tuple[list[VesselSample], list[VesselSample]]:
+    """Training and validation samples (a deterministic split by image)."""
+    if data.dataset == "phantom":
+        samples = phantom_samples(data.phantom_count, data.phantom_size, seed)
+    else:
+        if data.root is None:
+            raise MeddistillError(f"data.root must be set for dataset '{data.dataset}'")
+        samples = load_dataset(data.dataset, data.root)
+    train, val = split_samples(samples, data.val_fraction, seed)
+    if not train:
+        raise MeddistillError("no training images left after the validation split")
+    return train, val
+
+
+def build_configured_network(cfg: NetworkConfig) -> nn.Module:
+    """The network a config section names, with its weights when it names some."""
+    if cfg.weights is None:
+        return build_network(cfg.name, cfg.args)
+    model, meta = load_model(cfg.weights, expect=cfg.name)
+    if cfg.args and meta.get("args") != cfg.args:
+        raise MeddistillError(
+            f"weights {cfg.weights} were trained with args {meta.get('args')}, config says {cfg.args}"
+        )
+    return model
+
+
+def build_teacher(config: ExperimentConfig) -> nn.Module | None:
+    if config.teacher is None:
+        return None
+    if config.teacher.weights is None:
+        raise MeddistillError("teacher.weights must name a trained teacher (shipped name or checkpoint path)")
+    return build_configured_network(config.teacher)

@@ -1,0 +1,212 @@
+"""Command-line interface: ``meddistill --help``."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import MeddistillError
+
+app = typer.Typer(
+    help="Distil heavy medical-imaging networks into light students that run fast on a CPU.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+evaluate_app = typer.Typer(help="Evaluate models with a benchmark protocol.", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(command):
+    """Report :class:`MeddistillError` as one line and exit with status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MeddistillError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML config.")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a config value: --set train.epochs=5 (repeatable).")
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in the config's run folder.")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+
+
+def _run_training(config_path: Path, overrides: list[str] | None, resume: bool, progress: bool, distill: bool) -> None:
+    from .config import load_config
+    from .engine import train
+
+    config = load_config(config_path, overrides)
+    if distill and (config.teacher is None or config.method.name == "none"):
+        raise MeddistillError("`distill` needs a 'teacher' section and a method other than 'none'; use `train`")
+    if not distill and config.method.name != "none":
+        raise MeddistillError(f"the config uses method '{config.method.name}': run it with `meddistill distill`")
+    result = train(config, resume=resume, progress=progress)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+    console.print(f"best epoch {result.best_epoch}: {metrics or 'no validation set'}")
+    console.print(f"checkpoint: {result.run_dir / 'best.safetensors'}")
+
+
+@app.command()
+@user_errors
+def train(config: ConfigArg, set_: SetOpt = None, resume: ResumeOpt = False, progress: ProgressOpt = True) -> None:
+    """Train a network on its own (teachers, scratch students). Runs under torchrun too."""
+    _run_training(config, set_, resume, progress, distill=False)
+
+
+@app.command()
+@user_errors
+def distill(config: ConfigArg, set_: SetOpt = None, resume: ResumeOpt = False, progress: ProgressOpt = True) -> None:
+    """Distil a student from a trained teacher with the config's method."""
+    _run_training(config, set_, resume, progress, distill=True)
+
+
+@evaluate_app.command("segmentation")
+@user_errors
+def evaluate_segmentation(
+    model: Annotated[list[str], typer.Option("--model", help="Shipped model name or checkpoint path (repeatable).")],
+    dataset: Annotated[str, typer.Option(help="Layout: drive, chase, stare, hrf, folder or auto.")] = "auto",
+    root: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("."),
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics as JSON.")] = None,
+) -> None:
+    """Vessel-segmentation metrics inside the field of view, pooled over all images."""
+    from .data import load_dataset
+    from .engine import evaluate_samples
+    from .zoo import load_model
+
+    samples = load_dataset(dataset, root)
+    results = {}
+    for name in model:
+        net, _ = load_model(name)
+        results[name] = evaluate_samples(net, samples, device=_cpu())
+    table = Table(title=f"{dataset} at {root} ({len(samples)} images)")
+    table.add_column("model")
+    columns = list(next(iter(results.values())))
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, metrics in results.items():
+        table.add_row(name, *(f"{metrics[c]:.4f}" for c in columns))
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"dataset": dataset, "root": str(root), "images": len(samples), "results": results}, indent=2))
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
+@app.command()
+@user_errors
+def models() -> None:
+    """List the weights shipped with the package."""
+    from .zoo import shipped_models
+
+    shipped = shipped_models()
+    table = Table(title="shipped models (use with --model NAME)")
+    for column in ("name", "architecture", "method", "trained on", "validation"):
+        table.add_column(column)
+    for name, meta in shipped.items():
+        data = meta.get("config", {}).get("data", {})
+        metrics = meta.get("metrics", {})
+        summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("f1", "sensitivity", "auc") if k in metrics)
+        table.add_row(name, meta["model"], meta.get("method", "?"), data.get("dataset", "?"), summary)
+    console.print(table if shipped else "no shipped models")
+
+
+@app.command()
+@user_errors
+def segment(
+    images: Annotated[list[Path], typer.Argument(help="RGB fundus photos (PNG, JPG, TIFF, GIF, PPM).")],
+    model: Annotated[str, typer.Option(help="Shipped model name or checkpoint path.")] = "drive-student",
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("segmentations"),
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold for the mask.")] = 0.5,
+) -> None:
+    """Segment vessels: writes <stem>_mask.png, <stem>_prob.png and <stem>_overlay.png per image."""
+    from .data import read_rgb
+    from .inference import segment_to_files
+    from .zoo import load_model
+
+    # Read every image first so a bad file fails before any work is done.
+    loaded = [(path, read_rgb(path)) for path in images]
+    net, _ = load_model(model)
+    stems = [path.stem for path in images]
+    if len(set(stems)) != len(stems):
+        raise MeddistillError("two input images share a file name stem; their outputs would overwrite each other")
+    for path, image in loaded:
+        written = segment_to_files(net, image, path.stem, out, threshold=threshold)
+        console.print(f"{path} → {written['mask']}")
+
+
+@app.command()
+@user_errors
+def bench(
+    model: Annotated[list[str], typer.Option("--model", help="Shipped model name or checkpoint path (repeatable).")],
+    size: Annotated[int, typer.Option(min=16, help="Square input size in pixels.")] = 512,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads (fixed for the measurement).")] = 1,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed forward passes (median reported).")] = 20,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON.")] = None,
+) -> None:
+    """Parameters, GFLOPs, median CPU latency and peak memory for one RGB image."""
+    from dataclasses import asdict
+
+    from .cost import measure_cost
+    from .zoo import load_model
+
+    nets = {name: load_model(name)[0] for name in model}
+    table = Table(title=f"CPU cost, 1×3×{size}×{size}, {threads} thread(s)")
+    for column in ("model", "params (M)", "GFLOPs", "median ms", "IQR ms", "peak MiB"):
+        table.add_column(column, justify="right")
+    results = {}
+    for name, net in nets.items():
+        cost = measure_cost(net, (1, 3, size, size), threads=threads, repeats=repeats)
+        results[name] = asdict(cost)
+        q25, q75 = cost.latency_ms_iqr
+        table.add_row(
+            name, f"{cost.params / 1e6:.3f}", f"{cost.gflops:.2f}", f"{cost.latency_ms:.1f}",
+            f"{q25:.1f}–{q75:.1f}", f"{cost.peak_memory_mb:.0f}",
+        )
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=2))
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("demo_report"),
+    quick: Annotated[bool, typer.Option(help="Tiny run for smoke tests (seconds, not minutes).")] = False,
+) -> None:
+    """Phantom demo: teacher, scratch student and distilled student, one table and a report."""
+    from .demo import run_demo
+
+    run_demo(out, quick=quick, console=console)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Image normalisation and the torch datasets that feed training (patches) and validation (whole images).
+
+The code works on any number of spatial dimensions: 2D photos (H, W) and 3D volumes (D, H, W)
+go through the same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+from monai.utils import convert_to_tensor
+from torch.utils.data import Dataset
+
+from ..errors import MeddistillError
+
+__all__ = ["PatchDataset", "WholeImageDataset", "normalize_image"]
+
+
+class _Sample(Protocol):
+    """What the datasets need of a sample: :class:`~meddistill.data.datasets.VesselSample` fits."""
+
+    name: str
+    image: np.ndarray  # (*S, C) uint8
+    vessels: np.ndarray  # (*S) bool
+    fov: np.ndarray  # (*S) bool
+
+
+def normalize_image(image: np.ndarray, fov: np.ndarray) -> np.ndarray:
+    """Z-score each channel with its mean and std inside the field of view; zero outside.
+
+    This is the one preprocessing step of training and inference alike.
+
+    Args:
+        image: (*S, C) channel-last image, e.g. (H, W, 3) uint8.
+        fov: (*S) bool field-of-view mask.
+
+    Returns:
+        (C, *S) float32 array, mean 0 and std 1 per channel inside ``fov``, 0 outside.
+    """
+    if not fov.any():
+        raise MeddistillError("the field-of-view mask is empty; there is nothing to normalise")
+    channels = np.moveaxis(image, -1, 0).astype(np.float32)
+    inside = channels[:, fov]  # (C, N)
+    mean = inside.mean(axis=1)
+    std = np.maximum(inside.std(axis=1), 1e-6)  # a flat channel stays finite
+    shape = (-1,) + (1,) * fov.ndim
+    return np.where(fov, (channels - mean.reshape(shape)) / std.reshape(shape), 0).astype(np.float32)
+
+
+def _augmentation(spatial_dims: int) -> Compose:
+    """Random flips, 90° rotations and mild intensity changes; spatial ones hit image, label and FOV alike."""
+    keys = ["image", "label", "fov"]
+    return Compose(
+        [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+        + [
+            RandRotate90d(keys, prob=0.5, spatial_axes=(spatial_dims - 2, spatial_dims - 1)),
+            RandScaleIntensityd("image", factors=0.1, prob=0.5),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+            RandAdjustContrastd("image", gamma=(0.8, 1.25), retain_stats=True, prob=0.3),
+            RandGaussianNoised("image", std=0.05, prob=0.3),
+        ]
+    )
+
+
+class PatchDataset(Dataset):
+    """Random square (cubic in 3D) patches centred inside the field of view, for training.
+
+    Item ``i`` comes from sample ``i % len(samples)``; its centre and augmentation depend only
+    on ``(seed, epoch, i)``, so a run is reproducible whatever the DataLoader workers do.
+    Call :meth:`set_epoch` before each epoch to draw new patches.
+
+    Each item is a dict: ``image`` (C, p, p) float32, ``label`` (p, p) int64 in {0, 1},
+    ``fov`` (p, p) bool. Pixels beyond the image border are 0 in all three.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[_Sample],
+        patch_size: int,
+        patches_per_image: int,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not samples:
+            raise MeddistillError("no training images: the patch dataset is empty")
+        self.patch_size = patch_size
+        self.patches_per_image = patches_per_image
+        self.seed = seed
+        self.epoch = 0
+        spatial_dims = samples[0].fov.ndim
+        self._augment = _augmentation(spatial_dims) if augment else None
+        # Padding by a patch on every side lets any in-image centre be cut with plain slicing.
+        before, after = patch_size // 2, patch_size - patch_size // 2
+        pad = [(before, after)] * spatial_dims
+        self._images = [np.pad(normalize_image(s.image, s.fov), [(0, 0)] + pad) for s in samples]
+        self._labels = [np.pad(s.vessels.astype(np.int64), pad) for s in samples]
+        self._fovs = [np.pad(s.fov, pad) for s in samples]
+        self._centres = [np.argwhere(s.fov) for s in samples]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the patches of ``epoch`` from now on."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self._images) * self.patches_per_image
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        k = index % len(self._images)
+        centres = self._centres[k]
+        # In padded coordinates a patch centred on pixel c starts at c.
+        start = centres[rng.integers(len(centres))]
+        window = tuple(slice(c, c + self.patch_size) for c in start)
+        item = {
+            "image": torch.from_numpy(self._images[k][(slice(None),) + window].copy()),
+            "label": torch.from_numpy(self._labels[k][window][None].copy()),
+            "fov": torch.from_numpy(self._fovs[k][window][None].copy()),
+        }
+        if self._augment is not None:
+            self._augment.set_random_state(seed=int(rng.integers(2**31)))
+            item = {key: convert_to_tensor(value, track_meta=False) for key, value in self._augment(item).items()}
+            item["image"] = item["image"] * item["fov"]  # intensity changes must not leak outside the FOV
+        return {"image": item["image"], "label": item["label"][0], "fov": item["fov"][0]}
+
+
+class WholeImageDataset(Dataset):
+    """One item per sample, whole and unaugmented, for validation and inference.
+
+    Each item is a dict: ``image`` (C, H, W) float32, ``label`` (H, W) int64, ``fov`` (H, W) bool,
+    ``name`` str.
+    """
+
+    def __init__(self, samples: Sequence[_Sample]) -> None:
+        self._names = [s.name for s in samples]
+        self._images = [normalize_image(s.image, s.fov) for s in samples]
+        self._labels = [s.vessels.astype(np.int64) for s in samples]
+        self._fovs = [s.fov for s in samples]
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        return {
+            "image": torch.from_numpy(self._images[index]),
+            "label": torch.from_numpy(self._labels[index]),
+            "fov": torch.from_numpy(self._fovs[index]),
+            "name": self._names[index],
+        }
