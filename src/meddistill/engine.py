@@ -27,7 +27,7 @@ from .builders import build_configured_network, build_samples, build_teacher
 from .checkpoint import load_state, load_training_state, save_model, save_training_state
 from .config import ExperimentConfig, OptimizerConfig, ScheduleConfig, config_to_dict, save_config
 from .data import PatchDataset, VesselSample
-from .distill import Distiller, build_distiller
+from .distill import METHODS, Distiller, build_distiller
 from .errors import MeddistillError
 from .inference import predict_probability
 from .metrics import MetricAccumulator
@@ -54,6 +54,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def build_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    if not cfg.lr > 0:
+        raise MeddistillError(f"train.optimizer.lr must be positive, got {cfg.lr}")
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
@@ -167,17 +169,20 @@ class Trainer:
             if self.dist.enabled
             else None
         )
-        generator = torch.Generator().manual_seed(config.seed)
+        # Re-seeded every epoch so the order of epoch e depends only on (seed, e): a resumed
+        # run then sees exactly the batches the uninterrupted run would have seen.
+        self.shuffle_generator = torch.Generator()
         self.loader = DataLoader(
             self.dataset,
             batch_size=config.train.batch_size,
             shuffle=self.sampler is None,
             sampler=self.sampler,
             num_workers=config.data.num_workers,
-            generator=generator,
+            generator=self.shuffle_generator,
             drop_last=len(self.dataset) // self.dist.world_size > config.train.batch_size,
         )
 
+        METHODS.get(config.method.name)  # an unknown method is reported before any heavy work
         self.student = build_configured_network(config.student)
         teacher = build_teacher(config)
         if config.method.name != "none" and teacher is None:
@@ -240,7 +245,6 @@ class Trainer:
                 "best_epoch": self.best_epoch,
                 "best_metrics": self.best_metrics,
                 "torch_rng": torch.get_rng_state(),
-                "numpy_rng": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
             },
         )
         if is_best:
@@ -296,6 +300,7 @@ class Trainer:
     def _train_epoch(self, epoch: int, bar: Progress, task) -> dict[str, float]:
         self.model.train()
         self.dataset.set_epoch(epoch)
+        self.shuffle_generator.manual_seed(self.config.seed * 100_003 + epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
         sums: dict[str, float] = {}

@@ -1,0 +1,42 @@
+"""Retinal vessel data: image IO, dataset loaders, field-of-view masks, training patches and phantoms."""
+
+from .datasets import (
+    DATASET_LOADERS,
+    VesselSample,
+    detect_layout,
+    load_chase,
+    load_dataset,
+    load_drive,
+    load_folder,
+    load_hrf,
+    load_stare,
+    split_samples,
+)
+from .fov import compute_fov
+from .io import IMAGE_SUFFIXES, read_mask, read_rgb, write_png
+from .patches import PatchDataset, WholeImageDataset, normalize_image
+from .phantom import FundusPhantom, make_fundus_phantom, make_phantom_dataset
+
+__all__ = [
+    "DATASET_LOADERS",
+    "IMAGE_SUFFIXES",
+    "FundusPhantom",
+    "PatchDataset",
+    "VesselSample",
+    "WholeImageDataset",
+    "compute_fov",
+    "detect_layout",
+    "load_chase",
+    "load_dataset",
+    "load_drive",
+    "load_folder",
+    "load_hrf",
+    "load_stare",
+    "make_fundus_phantom",
+    "make_phantom_dataset",
+    "normalize_image",
+    "read_mask",
+    "read_rgb",
+    "split_samples",
+    "write_png",
+]

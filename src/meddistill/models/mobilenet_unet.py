@@ -32,6 +32,15 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
+def _init_weights(module: nn.Module) -> None:
+    """He-normal (fan-out) Conv2d weights and zero biases: torchvision's MobileNetV2 initialisation."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class InvertedResidual(nn.Module):
     """1x1 expand (ReLU6) -> 3x3 depthwise (ReLU6) -> 1x1 linear projection, residual when shapes match."""
 
@@ -104,6 +113,7 @@ class MobileNetV2UNet(SegmentationNet):
             conv_bn(skips[0], skips[0], 3, act="relu6"),
         )
         self.head = nn.Conv2d(skips[0], out_channels, 1)
+        _init_weights(self)
 
     def encode(self, x: Tensor) -> list[Tensor]:
         features = []

@@ -1,0 +1,375 @@
+"""Tests of the 2D data layer: image IO, dataset layouts, FOV estimation and patch datasets."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from meddistill.data import (
+    PatchDataset,
+    VesselSample,
+    WholeImageDataset,
+    compute_fov,
+    load_chase,
+    load_dataset,
+    load_drive,
+    load_folder,
+    load_hrf,
+    load_stare,
+    normalize_image,
+    read_mask,
+    read_rgb,
+    split_samples,
+    write_png,
+)
+from meddistill.errors import MeddistillError
+
+H, W = 40, 48
+
+
+def _fundus(seed: int, h: int = H, w: int = W) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A tiny synthetic fundus photo: a bright textured disc on black with a few dark 'vessels'."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    fov = (yy - h / 2 + 0.5) ** 2 + (xx - w / 2 + 0.5) ** 2 < (0.45 * min(h, w)) ** 2
+    vessels = fov & ((np.abs(yy - xx * 0.7 - rng.integers(0, h // 2)) < 1.5) | (np.abs(xx - rng.integers(w // 3, w)) < 1))
+    image = np.zeros((h, w, 3), np.uint8)
+    base = np.array([170, 90, 40]) + rng.integers(-20, 20, (h, w, 3))
+    image[fov] = np.clip(base[fov] - 60 * vessels[fov, None], 0, 255)
+    return image, vessels, fov
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    """Save with the format of the suffix; ``.gz`` gzips the inner format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    if path.suffix == ".gz":
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format=Path(path.stem).suffix.lstrip(".").upper())
+        path.write_bytes(gzip.compress(buffer.getvalue()))
+    elif path.suffix.lower() in (".tif", ".tiff"):
+        tifffile.imwrite(path, array)
+    else:
+        Image.fromarray(array).save(path)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return (a & b).sum() / (a | b).sum()
+
+
+# --------------------------------------------------------------------------- io
+
+
+def test_read_rgb_formats_round_trip(tmp_path):
+    image, _, _ = _fundus(0)
+    for name in ("a.tif", "a.png", "a.bmp", "a.ppm", "a.ppm.gz"):
+        _save(tmp_path / name, image)
+        np.testing.assert_array_equal(read_rgb(tmp_path / name), image, err_msg=name)
+    _save(tmp_path / "a.jpg", image)
+    jpeg = read_rgb(tmp_path / "a.jpg")
+    assert jpeg.shape == (H, W, 3) and jpeg.dtype == np.uint8
+    assert np.abs(jpeg.astype(int) - image).mean() < 10
+
+
+def test_read_mask_thresholds_and_layouts(tmp_path):
+    _, vessels, _ = _fundus(1)
+    _save(tmp_path / "m255.gif", vessels)
+    _save(tmp_path / "m01.png", vessels.astype(np.uint8))
+    Image.fromarray(vessels).convert("1").save(tmp_path / "bilevel.png")
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[..., 1] = vessels * 255  # foreground in one channel only
+    _save(tmp_path / "rgb.tif", rgb)
+    grey = np.where(vessels, 200, 100).astype(np.uint8)  # 0..255 data: threshold at 127
+    _save(tmp_path / "grey.png", grey)
+    for name in ("m255.gif", "m01.png", "bilevel.png", "rgb.tif", "grey.png"):
+        mask = read_mask(tmp_path / name, like_shape=(H, W, 3))
+        assert mask.dtype == np.bool_
+        np.testing.assert_array_equal(mask, vessels, err_msg=name)
+
+
+def test_write_png_creates_folders(tmp_path):
+    image, vessels, _ = _fundus(2)
+    write_png(tmp_path / "deep" / "er" / "img.png", image)
+    write_png(tmp_path / "deep" / "mask.png", vessels)
+    np.testing.assert_array_equal(read_rgb(tmp_path / "deep" / "er" / "img.png"), image)
+    np.testing.assert_array_equal(read_mask(tmp_path / "deep" / "mask.png"), vessels)
+    with pytest.raises(ValueError):
+        write_png(tmp_path / "f.png", image.astype(np.float32))
+
+
+def _truncated(path: Path, fmt: str) -> Path:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format=fmt)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.png", "file not found: .*missing.png"),
+        (lambda d: (d / "noise.png").write_bytes(np.random.default_rng(0).bytes(300)) and d / "noise.png",
+         "cannot read .*noise.png: not a valid PNG image"),
+        (lambda d: _truncated(d / "cut.png", "PNG"), "cannot read .*cut.png: corrupt or truncated"),
+        (lambda d: _truncated(d / "cut.jpg", "JPEG"), "cannot read .*cut.jpg: corrupt or truncated"),
+        (lambda d: (d / "bad.ppm.gz").write_bytes(b"not gzip") and d / "bad.ppm.gz", "cannot read .*bad.ppm.gz: corrupt gzip"),
+        (lambda d: _save(d / "g.png", np.zeros((H, W), np.uint8)) or d / "g.png",
+         r"g.png is a single-channel \(grayscale\) image; fundus photos must be RGB colour images"),
+        (lambda d: _save(d / "g.jpg", np.zeros((H, W), np.uint8)) or d / "g.jpg", "grayscale"),
+        (lambda d: _save(d / "a.png", np.zeros((H, W, 4), np.uint8)) or d / "a.png", "a.png has an alpha channel; save it as RGB"),
+        (lambda d: tifffile.imwrite(d / "t16.tif", np.zeros((H, W, 3), np.uint16)) or d / "t16.tif",
+         "t16.tif is 16-bit; convert it to 8-bit RGB"),
+        (lambda d: cv2.imwrite(str(d / "p16.png"), np.full((H, W, 3), 999, np.uint16)) and d / "p16.png",
+         "p16.png is 16-bit; convert it to 8-bit RGB"),
+        (lambda d: tifffile.imwrite(d / "f.tif", np.zeros((H, W, 3), np.float32)) or d / "f.tif", "f.tif has float32 pixels"),
+        (lambda d: (d / "x.txt").write_text("hi") and d / "x.txt", "unsupported file type '.txt'"),
+    ],
+)
+def test_read_rgb_errors(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(MeddistillError, match=message) as err:
+        read_rgb(path)
+    assert "\n" not in str(err.value)
+
+
+def test_read_mask_errors(tmp_path):
+    _save(tmp_path / "small.png", np.zeros((20, 30), np.uint8))
+    with pytest.raises(MeddistillError, match=r"mask .*small.png is 30x20 but image .*img.tif is 48x40"):
+        read_mask(tmp_path / "small.png", like_shape=(H, W, 3), like_path=tmp_path / "img.tif")
+    cv2.imwrite(str(tmp_path / "m16.png"), np.zeros((H, W), np.uint16))
+    with pytest.raises(MeddistillError, match="m16.png is 16-bit"):
+        read_mask(tmp_path / "m16.png")
+    _save(tmp_path / "ma.png", np.zeros((H, W, 4), np.uint8))
+    with pytest.raises(MeddistillError, match="alpha channel"):
+        read_mask(tmp_path / "ma.png")
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def _drive(root: Path, split: str = "training", numbers=(21, 22)) -> dict[str, tuple]:
+    truth = {}
+    for n in numbers:
+        image, vessels, fov = _fundus(n)
+        _save(root / split / "images" / f"{n}_{split}.tif", image)
+        _save(root / split / "1st_manual" / f"{n}_manual1.gif", vessels)
+        _save(root / split / "mask" / f"{n}_{split}_mask.gif", fov)
+        truth[f"{n}_{split}"] = (image, vessels, fov)
+    return truth
+
+
+def _check(samples: list[VesselSample], truth: dict[str, tuple], exact_image=True, fov_iou=None) -> None:
+    assert [s.name for s in samples] == sorted(truth)
+    for s in samples:
+        image, vessels, fov = truth[s.name]
+        assert s.image.shape == (H, W, 3) and s.image.dtype == np.uint8
+        assert s.vessels.dtype == np.bool_ and s.fov.dtype == np.bool_
+        if exact_image:
+            np.testing.assert_array_equal(s.image, image)
+        np.testing.assert_array_equal(s.vessels, vessels)
+        if fov_iou is None:
+            np.testing.assert_array_equal(s.fov, fov)
+        else:
+            assert _iou(s.fov, fov) > fov_iou
+
+
+def test_load_drive(tmp_path):
+    truth = _drive(tmp_path)
+    test_truth = _drive(tmp_path, "test", numbers=(1,))
+    _check(load_drive(tmp_path), truth)
+    _check(load_drive(tmp_path / "training"), truth)  # the split folder itself
+    _check(load_drive(tmp_path, split="test"), test_truth)
+    _check(load_dataset("auto", tmp_path), truth)
+
+
+def test_load_chase(tmp_path):
+    truth = {}
+    for name in ("Image_01L", "Image_01R"):
+        image, vessels, fov = _fundus(len(truth) + 5)
+        _save(tmp_path / f"{name}.jpg", image)
+        _save(tmp_path / f"{name}_1stHO.png", vessels)
+        _save(tmp_path / f"{name}_2ndHO.png", ~vessels & fov)
+        truth[name] = (image, vessels, fov)
+    _check(load_chase(tmp_path), truth, exact_image=False, fov_iou=0.9)
+    second = load_dataset("auto", tmp_path, observer="2ndHO")
+    np.testing.assert_array_equal(second[0].vessels, ~truth["Image_01L"][1] & truth["Image_01L"][2])
+    with pytest.raises(MeddistillError, match="unknown CHASE_DB1 observer '1stH0' \\(did you mean '1stHO'\\?\\)"):
+        load_chase(tmp_path, observer="1stH0")
+
+
+def test_load_stare(tmp_path):
+    truth = {}
+    for name in ("im0001", "im0044"):
+        image, vessels, fov = _fundus(int(name[2:]))
+        _save(tmp_path / "stare-images" / f"{name}.ppm.gz", image)
+        _save(tmp_path / "labels-ah" / f"{name}.ah.ppm.gz", np.repeat(vessels[..., None] * 255, 3, -1).astype(np.uint8))
+        _save(tmp_path / "labels-vk" / f"{name}.vk.ppm", vessels)
+        truth[name] = (image, vessels, fov)
+    _save(tmp_path / "stare-images" / "im0002.ppm.gz", _fundus(2)[0])  # unlabelled: skipped
+    _check(load_stare(tmp_path), truth, fov_iou=0.9)
+    _check(load_dataset("auto", tmp_path, observer="vk"), truth, fov_iou=0.9)
+
+
+def test_load_hrf(tmp_path):
+    truth = {}
+    for name, suffix in (("01_dr", ".JPG"), ("01_g", ".jpg"), ("01_h", ".jpg")):
+        image, vessels, fov = _fundus(len(truth))
+        _save(tmp_path / "images" / f"{name}{suffix}", image)
+        _save(tmp_path / "manual1" / f"{name}.tif", vessels)
+        _save(tmp_path / "mask" / f"{name}_mask.tif", np.repeat(fov[..., None] * 255, 3, -1).astype(np.uint8))
+        truth[name] = (image, vessels, fov)
+    _check(load_hrf(tmp_path), truth, exact_image=False)
+    _check(load_dataset("auto", tmp_path), truth, exact_image=False)
+
+
+def test_load_folder(tmp_path):
+    a, b = _fundus(7), _fundus(8)
+    _save(tmp_path / "images" / "a.png", a[0])
+    _save(tmp_path / "masks" / "a.png", a[1])
+    _save(tmp_path / "images" / "b.bmp", b[0])
+    _save(tmp_path / "masks" / "b_mask.png", b[1])
+    _save(tmp_path / "fov" / "b.png", b[2])
+    samples = load_folder(tmp_path)
+    _check(samples[:1], {"a": a}, fov_iou=0.9)  # computed FOV
+    _check(samples[1:], {"b": b})  # given FOV
+    assert [s.name for s in load_dataset("auto", tmp_path)] == ["a", "b"]
+
+
+def test_layout_errors(tmp_path):
+    with pytest.raises(MeddistillError, match="DRIVE folder not found: .*nowhere"):
+        load_drive(tmp_path / "nowhere")
+    with pytest.raises(MeddistillError, match=r"no DRIVE images found under (.*) \(expected \1/training/images/\*_training.tif\)"):
+        load_drive(tmp_path)
+    for loader, name in ((load_chase, "CHASE_DB1 images"), (load_stare, "STARE labels"), (load_hrf, "HRF images"), (load_folder, "images")):
+        with pytest.raises(MeddistillError, match=f"no {name} found under"):
+            loader(tmp_path)
+    with pytest.raises(MeddistillError, match="cannot tell the dataset layout"):
+        load_dataset("auto", tmp_path)
+    with pytest.raises(MeddistillError, match="unknown dataset kind 'driev' \\(did you mean 'drive'\\?\\); choose from: drive, chase"):
+        load_dataset("driev", tmp_path)
+
+    image, vessels, _ = _fundus(0)
+    _save(tmp_path / "images" / "a.png", image)
+    with pytest.raises(MeddistillError, match="image .*a.png has no vessel mask"):
+        load_folder(tmp_path)
+    _save(tmp_path / "masks" / "a.png", vessels[:30])
+    with pytest.raises(MeddistillError, match="mask .*a.png is 48x30 but image .*a.png is 48x40"):
+        load_folder(tmp_path)
+
+
+def test_split_samples_is_deterministic_and_groups():
+    samples = [VesselSample(f"Image_{i:02d}{eye}", None, None, None) for i in range(1, 8) for eye in "LR"]
+    train, val = split_samples(samples, 0.3, seed=1)
+    assert len(val) == 4 and len(train) == 10
+    assert {s.name for s in train}.isdisjoint(s.name for s in val)
+    assert [s.name for s in split_samples(samples, 0.3, seed=1)[1]] == [s.name for s in val]
+    assert any([s.name for s in split_samples(samples, 0.3, seed=s)[1]] != [x.name for x in val] for s in range(2, 6))
+    train, val = split_samples(samples, 0.3, seed=1, group=lambda name: name[:-1])
+    assert len(val) == 4  # two subjects, both eyes each
+    assert {s.name[:-1] for s in train}.isdisjoint(s.name[:-1] for s in val)
+    assert split_samples(samples, 0.0, seed=0) == (samples, [])
+    with pytest.raises(MeddistillError, match="val_fraction"):
+        split_samples(samples, 1.0, seed=0)
+
+
+# --------------------------------------------------------------------------- FOV
+
+
+def test_compute_fov_on_synthetic_disc():
+    image, _, fov = _fundus(3, 160, 200)
+    # A dim rim and a bright label in the black surround, as on real photos.
+    yy, xx = np.mgrid[:160, :200]
+    rim = np.sqrt((yy - 79.5) ** 2 + (xx - 99.5) ** 2) / 72
+    image = (image * np.clip(1.3 - rim, 0.3, 1)[..., None]).astype(np.uint8)
+    image[2:8, 2:30] = 255
+    assert _iou(compute_fov(image), fov) > 0.95
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def test_normalize_image_zscores_inside_fov():
+    image, _, fov = _fundus(4)
+    out = normalize_image(image, fov)
+    assert out.shape == (3, H, W) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, fov].mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(out[:, fov].std(axis=1), 1, atol=1e-4)
+    assert not out[:, ~fov].any()
+    with pytest.raises(MeddistillError, match="empty"):
+        normalize_image(image, np.zeros_like(fov))
+
+
+def _aligned_sample() -> VesselSample:
+    """Channel 0 encodes the label, so any misalignment after augmentation is visible."""
+    rng = np.random.default_rng(0)
+    _, _, fov = _fundus(0)
+    label = fov & (rng.random((H, W)) < 0.3)
+    image = rng.integers(60, 200, (H, W, 3)).astype(np.uint8)
+    image[..., 0] = np.where(label, 220, 40)
+    return VesselSample("aligned", image * fov[..., None], label, fov)
+
+
+def test_patch_dataset_shapes_and_centres():
+    sample = _aligned_sample()
+    ds = PatchDataset([sample, sample], patch_size=9, patches_per_image=5, augment=False, seed=3)
+    assert len(ds) == 10
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["image"].shape == (3, 9, 9) and item["image"].dtype == torch.float32
+        assert item["label"].shape == (9, 9) and item["label"].dtype == torch.int64
+        assert item["fov"].shape == (9, 9) and item["fov"].dtype == torch.bool
+        assert item["fov"][4, 4]  # centred inside the FOV
+        assert set(item["label"].unique().tolist()) <= {0, 1}
+    big = PatchDataset([sample], patch_size=64, patches_per_image=1, augment=False)[0]
+    assert big["image"].shape == (3, 64, 64) and big["fov"].sum() == sample.fov.sum()  # padded beyond the border
+
+
+def test_patch_dataset_is_deterministic_per_seed_epoch_index():
+    sample = _aligned_sample()
+    a = PatchDataset([sample], patch_size=16, patches_per_image=6, seed=7)
+    b = PatchDataset([sample], patch_size=16, patches_per_image=6, seed=7)
+    for i in reversed(range(6)):  # order of access must not matter
+        for key in ("image", "label", "fov"):
+            assert torch.equal(a[i][key], b[i][key])
+    first = [a[i]["image"] for i in range(6)]
+    a.set_epoch(1)
+    assert all(not torch.equal(x, a[i]["image"]) for i, x in enumerate(first))
+    a.set_epoch(0)
+    assert all(torch.equal(x, a[i]["image"]) for i, x in enumerate(first))
+    c = PatchDataset([sample], patch_size=16, patches_per_image=6, seed=8)
+    assert not torch.equal(first[0], c[0]["image"])
+
+
+def test_patch_dataset_keeps_labels_aligned_under_augmentation():
+    sample = _aligned_sample()
+    plain = PatchDataset([sample], patch_size=16, patches_per_image=12, augment=False, seed=1)
+    augmented = PatchDataset([sample], patch_size=16, patches_per_image=12, augment=True, seed=1)
+    moved = 0
+    for i in range(len(plain)):
+        item = augmented[i]
+        fov, label, red = item["fov"], item["label"].bool(), item["image"][0]
+        assert not item["image"][:, ~fov].any()
+        assert (label & ~fov).sum() == 0
+        if label[fov].any() and (~label[fov]).any():
+            assert red[label & fov].min() > red[~label & fov].max()
+        moved += not torch.equal(item["label"], plain[i]["label"])
+    assert moved > 0  # spatial augmentation happened
+
+
+def test_whole_image_dataset():
+    image, vessels, fov = _fundus(9)
+    item = WholeImageDataset([VesselSample("x", image, vessels, fov)])[0]
+    assert item["name"] == "x"
+    assert item["image"].shape == (3, H, W) and item["image"].dtype == torch.float32
+    assert item["label"].dtype == torch.int64 and torch.equal(item["label"].bool(), torch.from_numpy(vessels))
+    assert torch.equal(item["fov"], torch.from_numpy(fov))
+    np.testing.assert_allclose(item["image"].numpy(), normalize_image(image, fov))

@@ -1,0 +1,120 @@
+import csv
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config_dict
+from meddistill.checkpoint import save_model
+from meddistill.config import config_from_dict
+from meddistill.engine import Trainer, build_schedule, train
+from meddistill.errors import MeddistillError
+from meddistill.config import ScheduleConfig
+
+
+def _weights(run_dir, stem="last"):
+    return load_file(str(run_dir / f"{stem}.safetensors"))
+
+
+def test_training_writes_checkpoints_logs_and_metrics(tmp_path):
+    result = train(config_from_dict(tiny_config_dict(tmp_path)), progress=False)
+    run = result.run_dir
+    for name in ("config.yaml", "last.safetensors", "last.json", "last.state.pt", "best.safetensors", "best.json", "metrics.csv"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.*"))
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"train_loss", "train_task", "val_f1", "val_auc", "lr"} <= set(rows[0])
+    assert 0.0 <= result.best_metrics["f1"] <= 1.0
+
+
+def test_same_seed_gives_identical_weights(tmp_path):
+    a = train(config_from_dict(tiny_config_dict(tmp_path, "a")), progress=False)
+    b = train(config_from_dict(tiny_config_dict(tmp_path, "b")), progress=False)
+    wa, wb = _weights(a.run_dir), _weights(b.run_dir)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_continues_a_killed_run_to_the_same_result(tmp_path):
+    full = train(config_from_dict(tiny_config_dict(tmp_path, "full", train={"epochs": 3, "batch_size": 2})), progress=False)
+    # A run "killed" after its first epoch: same config but stopped at epoch 1 ...
+    values = tiny_config_dict(tmp_path, "killed", train={"epochs": 3, "batch_size": 2})
+    trainer = Trainer(config_from_dict(values), progress=False)
+    trainer.config.train.epochs = 1
+    trainer.fit()
+    # ... then resumed with the full schedule.
+    resumed = train(config_from_dict(values), resume=True, progress=False)
+    rows = list(csv.DictReader((resumed.run_dir / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    wf, wr = _weights(full.run_dir), _weights(resumed.run_dir)
+    assert all(torch.allclose(wf[k], wr[k], atol=1e-6) for k in wf)
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    values = tiny_config_dict(tmp_path, train={"epochs": 1, "batch_size": 2})
+    train(config_from_dict(values), progress=False)
+    with pytest.raises(MeddistillError, match="already holds a run"):
+        train(config_from_dict(values), progress=False)
+    with pytest.raises(MeddistillError, match="nothing to resume"):
+        train(config_from_dict(tiny_config_dict(tmp_path, "fresh")), resume=True, progress=False)
+
+
+def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from meddistill.tasks import SegmentationTask
+
+    values = tiny_config_dict(tmp_path, train={"epochs": 2, "batch_size": 2})
+    trainer = Trainer(config_from_dict(values), progress=False)
+    trainer.config.train.epochs = 1
+    trainer.fit()
+    good = _weights(trainer.run_dir)
+    original = SegmentationTask.loss
+    monkeypatch.setattr(SegmentationTask, "loss", lambda self, logits, batch: original(self, logits, batch) * float("nan"))
+    with pytest.raises(MeddistillError, match="training diverged: loss is nan at epoch 1 step 0"):
+        train(config_from_dict(values), resume=True, progress=False)
+    kept = _weights(trainer.run_dir)
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+
+
+def test_invalid_learning_rate_is_a_user_error(tmp_path):
+    values = tiny_config_dict(tmp_path, train={"optimizer": {"lr": 0.0}})
+    with pytest.raises(MeddistillError, match="lr must be positive"):
+        Trainer(config_from_dict(values), progress=False)
+
+
+@pytest.mark.parametrize("method", ["kd", "at", "fsp", "fitnets"])
+def test_each_method_distils_from_a_saved_teacher(tmp_path, method):
+    from meddistill.models import MODELS
+
+    teacher = MODELS.build("fanet", base_channels=8)
+    save_model(tmp_path / "teacher", teacher, {"model": "fanet", "args": {"base_channels": 8}})
+    values = tiny_config_dict(
+        tmp_path,
+        teacher={"name": "fanet", "args": {"base_channels": 8}, "weights": str(tmp_path / "teacher")},
+        method={"name": method},
+        train={"epochs": 1, "batch_size": 2},
+    )
+    result = train(config_from_dict(values), progress=False)
+    rows = list(csv.DictReader((result.run_dir / "metrics.csv").open()))
+    assert float(rows[0][f"train_{method}"]) > 0
+    # the saved student is a plain ENet: adapters and teacher are not part of it
+    assert set(_weights(result.run_dir)) == set(MODELS.build("enet").state_dict())
+
+
+def test_method_without_teacher_and_bad_method_args_are_user_errors(tmp_path):
+    with pytest.raises(MeddistillError, match="needs a 'teacher'"):
+        Trainer(config_from_dict(tiny_config_dict(tmp_path, method={"name": "kd"})), progress=False)
+    with pytest.raises(MeddistillError, match="unknown distillation method 'kdd' \\(did you mean 'kd'\\?\\)"):
+        Trainer(config_from_dict(tiny_config_dict(tmp_path, method={"name": "kdd"})), progress=False)
+
+
+def test_schedules():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    for name, expected_last in [("constant", 1.0), ("poly", (1 - 3 / 4) ** 0.9), ("cosine", 0.5 * (1 + -(2**-0.5)))]:
+        optimizer = torch.optim.SGD(params, lr=1.0)
+        schedule = build_schedule(optimizer, ScheduleConfig(name=name), epochs=4)
+        for _ in range(3):
+            optimizer.step()
+            schedule.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected_last)
+    with pytest.raises(MeddistillError, match="unknown schedule"):
+        build_schedule(torch.optim.SGD(params, lr=1.0), ScheduleConfig(name="linear"), epochs=4)
