@@ -106,38 +106,42 @@ def test_write_png_creates_folders(tmp_path):
         write_png(tmp_path / "f.png", image.astype(np.float32))
 
 
-def _truncated(path: Path, fmt: str) -> Path:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format=fmt)
-    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    return path
+def _truncated(fmt: str):
+    def write(path: Path) -> None:
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format=fmt)
+        path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+    return write
 
 
 @pytest.mark.parametrize(
-    ("make", "message"),
+    ("name", "write", "message"),
     [
-        (lambda d: d / "missing.png", "file not found: .*missing.png"),
-        (lambda d: (d / "noise.png").write_bytes(np.random.default_rng(0).bytes(300)) and d / "noise.png",
+        ("missing.png", None, "file not found: .*missing.png"),
+        ("noise.png", lambda p: p.write_bytes(np.random.default_rng(0).bytes(300)),
          "cannot read .*noise.png: not a valid PNG image"),
-        (lambda d: _truncated(d / "cut.png", "PNG"), "cannot read .*cut.png: corrupt or truncated"),
-        (lambda d: _truncated(d / "cut.jpg", "JPEG"), "cannot read .*cut.jpg: corrupt or truncated"),
-        (lambda d: (d / "bad.ppm.gz").write_bytes(b"not gzip") and d / "bad.ppm.gz", "cannot read .*bad.ppm.gz: corrupt gzip"),
-        (lambda d: _save(d / "g.png", np.zeros((H, W), np.uint8)) or d / "g.png",
+        ("cut.png", _truncated("PNG"), "cannot read .*cut.png: corrupt or truncated"),
+        ("cut.jpg", _truncated("JPEG"), "cannot read .*cut.jpg: corrupt or truncated"),
+        ("bad.ppm.gz", lambda p: p.write_bytes(b"not gzip"), "cannot read .*bad.ppm.gz: corrupt gzip"),
+        ("g.png", lambda p: _save(p, np.zeros((H, W), np.uint8)),
          r"g.png is a single-channel \(grayscale\) image; fundus photos must be RGB colour images"),
-        (lambda d: _save(d / "g.jpg", np.zeros((H, W), np.uint8)) or d / "g.jpg", "grayscale"),
-        (lambda d: _save(d / "a.png", np.zeros((H, W, 4), np.uint8)) or d / "a.png", "a.png has an alpha channel; save it as RGB"),
-        (lambda d: tifffile.imwrite(d / "t16.tif", np.zeros((H, W, 3), np.uint16)) or d / "t16.tif",
+        ("g.jpg", lambda p: _save(p, np.zeros((H, W), np.uint8)), "g.jpg is a single-channel"),
+        ("a.png", lambda p: _save(p, np.zeros((H, W, 4), np.uint8)), "a.png has an alpha channel; save it as RGB"),
+        ("t16.tif", lambda p: tifffile.imwrite(p, np.zeros((H, W, 3), np.uint16)),
          "t16.tif is 16-bit; convert it to 8-bit RGB"),
-        (lambda d: cv2.imwrite(str(d / "p16.png"), np.full((H, W, 3), 999, np.uint16)) and d / "p16.png",
+        ("p16.png", lambda p: cv2.imwrite(str(p), np.full((H, W, 3), 999, np.uint16)),
          "p16.png is 16-bit; convert it to 8-bit RGB"),
-        (lambda d: tifffile.imwrite(d / "f.tif", np.zeros((H, W, 3), np.float32)) or d / "f.tif", "f.tif has float32 pixels"),
-        (lambda d: (d / "x.txt").write_text("hi") and d / "x.txt", "unsupported file type '.txt'"),
+        ("f.tif", lambda p: tifffile.imwrite(p, np.zeros((H, W, 3), np.float32), photometric="rgb"),
+         "f.tif has float32 pixels"),
+        ("x.txt", lambda p: p.write_text("hi"), "unsupported file type '.txt'"),
     ],
 )
-def test_read_rgb_errors(tmp_path, make, message):
-    path = make(tmp_path)
+def test_read_rgb_errors(tmp_path, name, write, message):
+    if write is not None:
+        write(tmp_path / name)
     with pytest.raises(MeddistillError, match=message) as err:
-        read_rgb(path)
+        read_rgb(tmp_path / name)
     assert "\n" not in str(err.value)
 
 
@@ -146,7 +150,7 @@ def test_read_mask_errors(tmp_path):
     with pytest.raises(MeddistillError, match=r"mask .*small.png is 30x20 but image .*img.tif is 48x40"):
         read_mask(tmp_path / "small.png", like_shape=(H, W, 3), like_path=tmp_path / "img.tif")
     cv2.imwrite(str(tmp_path / "m16.png"), np.zeros((H, W), np.uint16))
-    with pytest.raises(MeddistillError, match="m16.png is 16-bit"):
+    with pytest.raises(MeddistillError, match="m16.png is 16-bit; save it as an 8-bit mask"):
         read_mask(tmp_path / "m16.png")
     _save(tmp_path / "ma.png", np.zeros((H, W, 4), np.uint8))
     with pytest.raises(MeddistillError, match="alpha channel"):
@@ -199,7 +203,7 @@ def test_load_chase(tmp_path):
         _save(tmp_path / f"{name}_1stHO.png", vessels)
         _save(tmp_path / f"{name}_2ndHO.png", ~vessels & fov)
         truth[name] = (image, vessels, fov)
-    _check(load_chase(tmp_path), truth, exact_image=False, fov_iou=0.9)
+    _check(load_chase(tmp_path), truth, exact_image=False, fov_iou=0.8)  # JPEG blurs the tiny disc edge
     second = load_dataset("auto", tmp_path, observer="2ndHO")
     np.testing.assert_array_equal(second[0].vessels, ~truth["Image_01L"][1] & truth["Image_01L"][2])
     with pytest.raises(MeddistillError, match="unknown CHASE_DB1 observer '1stH0' \\(did you mean '1stHO'\\?\\)"):
@@ -249,7 +253,8 @@ def test_layout_errors(tmp_path):
         load_drive(tmp_path / "nowhere")
     with pytest.raises(MeddistillError, match=r"no DRIVE images found under (.*) \(expected \1/training/images/\*_training.tif\)"):
         load_drive(tmp_path)
-    for loader, name in ((load_chase, "CHASE_DB1 images"), (load_stare, "STARE labels"), (load_hrf, "HRF images"), (load_folder, "images")):
+    expected = {load_chase: "CHASE_DB1 images", load_stare: "STARE labels", load_hrf: "HRF images", load_folder: "images"}
+    for loader, name in expected.items():
         with pytest.raises(MeddistillError, match=f"no {name} found under"):
             loader(tmp_path)
     with pytest.raises(MeddistillError, match="cannot tell the dataset layout"):

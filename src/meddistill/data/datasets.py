@@ -96,7 +96,10 @@ def _sample(name: str, image_path: Path, vessels_path: Path | None, fov_path: Pa
         raise MeddistillError(f"image {image_path} has no vessel mask")
     image = read_rgb(image_path)
     vessels = read_mask(vessels_path, like_shape=image.shape, like_path=image_path)
-    fov = compute_fov(image) if fov_path is None else read_mask(fov_path, like_shape=image.shape, like_path=image_path)
+    if fov_path is None:
+        fov = compute_fov(image)
+    else:
+        fov = read_mask(fov_path, like_shape=image.shape, like_path=image_path)
     return VesselSample(name=name, image=image, vessels=vessels, fov=fov)
 
 
@@ -193,7 +196,9 @@ def load_folder(root: str | Path) -> list[VesselSample]:
     root = _check_root(root, "dataset")
     paths = _images(root / "images")
     if not paths:
-        raise MeddistillError(f"no images found under {root} (expected {root}/images/<name>.png and {root}/masks/<name>.png)")
+        raise MeddistillError(
+            f"no images found under {root} (expected {root}/images/<name>.png and {root}/masks/<name>.png)"
+        )
     samples = []
     for path in paths:
         stem = _stem(path)
@@ -237,7 +242,9 @@ def load_dataset(kind: str, root: str | Path, **kwargs) -> list[VesselSample]:
         kind = detect_layout(root)
     if kind not in DATASET_LOADERS:
         names = list(DATASET_LOADERS) + ["auto"]
-        raise MeddistillError(f"unknown dataset kind '{kind}'{did_you_mean(kind, names)}; choose from: {', '.join(names)}")
+        raise MeddistillError(
+            f"unknown dataset kind '{kind}'{did_you_mean(kind, names)}; choose from: {', '.join(names)}"
+        )
     return DATASET_LOADERS[kind](root, **kwargs)
 
 

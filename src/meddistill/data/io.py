@@ -47,8 +47,8 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _decode(path: Path) -> np.ndarray:
-    """Decode a file to its stored array: (H, W) or (H, W, C), its own dtype, no conversion."""
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """Decode a file to its stored array, (H, W) or (H, W, C), and its bits per sample; no conversion."""
     suffix = _inner_suffix(path)
     if suffix not in IMAGE_SUFFIXES:
         raise MeddistillError(
@@ -62,17 +62,14 @@ def _decode(path: Path) -> np.ndarray:
                 array = tif.pages[0].asarray()
                 if tif.pages[0].planarconfig == tifffile.PLANARCONFIG.SEPARATE:
                     array = np.moveaxis(array, 0, -1)
-            return array
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # full decode now, so truncated files fail here and not later
-            if image.mode == "CMYK":
-                raise MeddistillError(f"{path} is a CMYK image; save it as RGB")
-            # Pillow reduces 16-bit colour PNGs to 8 bits on load; the header keeps the truth.
-            if data.startswith(_PNG_SIGNATURE) and data[24] == 16:
-                raise MeddistillError(f"{path} is 16-bit; convert it to 8-bit RGB")
-            if image.mode in ("P", "PA"):  # palette expansion is lossless
-                image = image.convert("RGBA" if image.mode == "PA" else "RGB")
-            return np.asarray(image)
+        else:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()  # full decode now, so truncated files fail here and not later
+                if image.mode == "CMYK":
+                    raise MeddistillError(f"{path} is a CMYK image; save it as RGB")
+                if image.mode in ("P", "PA"):  # palette expansion is lossless
+                    image = image.convert("RGBA" if image.mode == "PA" else "RGB")
+                array = np.asarray(image)
     except MeddistillError:
         raise
     except UnidentifiedImageError:
@@ -80,14 +77,18 @@ def _decode(path: Path) -> np.ndarray:
     except Exception as err:  # decoders raise many types for damaged files
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise MeddistillError(f"cannot read {path}: corrupt or truncated image ({reason})") from None
+    # Pillow reduces 16-bit colour PNGs to 8 bits on load; the header keeps the stored depth.
+    if data.startswith(_PNG_SIGNATURE) and data[24] == 16:
+        return array, 16
+    return array, 8 * array.dtype.itemsize
 
 
-def _check_depth(array: np.ndarray, path: Path, advice: str) -> None:
-    if array.dtype in (np.uint8, np.bool_):
+def _check_depth(array: np.ndarray, bits: int, path: Path, advice: str) -> None:
+    if bits == 8 and array.dtype in (np.uint8, np.bool_):
         return
     if np.issubdtype(array.dtype, np.floating):
         raise MeddistillError(f"{path} has {array.dtype} pixels; {advice}")
-    raise MeddistillError(f"{path} is {8 * array.dtype.itemsize}-bit; {advice}")
+    raise MeddistillError(f"{path} is {bits}-bit; {advice}")
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -98,8 +99,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
             is not 8-bit.
     """
     path = Path(path)
-    array = _decode(path)
-    _check_depth(array, path, "convert it to 8-bit RGB")
+    array, bits = _decode(path)
+    _check_depth(array, bits, path, "convert it to 8-bit RGB")
     if array.ndim == 2 or array.shape[-1] in (1, 2):
         raise MeddistillError(
             f"{path} is a single-channel (grayscale) image; fundus photos must be RGB colour images"
@@ -133,8 +134,8 @@ def read_mask(
             or its size differs from ``like_shape``.
     """
     path = Path(path)
-    array = _decode(path)
-    _check_depth(array, path, "save it as an 8-bit mask")
+    array, bits = _decode(path)
+    _check_depth(array, bits, path, "save it as an 8-bit mask")
     if array.ndim == 3:
         if array.shape[-1] in (2, 4):
             raise MeddistillError(f"mask {path} has an alpha channel; save it without one")

@@ -152,7 +152,8 @@ class PatchDataset(Dataset):
         }
         if self._augment is not None:
             self._augment.set_random_state(seed=int(rng.integers(2**31)))
-            item = {key: convert_to_tensor(value, track_meta=False) for key, value in self._augment(item).items()}
+            augmented = self._augment(item)
+            item = {key: convert_to_tensor(value, track_meta=False) for key, value in augmented.items()}
             item["image"] = item["image"] * item["fov"]  # intensity changes must not leak outside the FOV
         return {"image": item["image"], "label": item["label"][0], "fov": item["fov"][0]}
 

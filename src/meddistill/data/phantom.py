@@ -108,14 +108,15 @@ def _wrap(a: float) -> float:
 def _geometry(rng: np.random.Generator, height: int, width: int, eye: str) -> _Geometry:
     centre = np.array([(width - 1) / 2, (height - 1) / 2])
     radius = 0.47 * min(height, width) * rng.uniform(0.97, 1.0)
-    dd = 2 * radius / 7 * rng.uniform(0.9, 1.1)
+    dd = 2 * radius / 7 * rng.uniform(0.9, 1.05)
     # The disc-fovea line tilts a few degrees, the fovea slightly below the disc.
     tilt = math.radians(rng.uniform(2, 10))
     side = 1.0 if eye == "left" else -1.0  # the disc lies on the image's side of the eye
     temporal = np.array([side * math.cos(tilt), math.sin(tilt)])
     superior = side * np.array([temporal[1], -temporal[0]])
-    fovea = centre + rng.uniform(-0.06, 0.06, 2) * radius
-    disc = fovea - temporal * dd * rng.uniform(2.3, 2.7)
+    # The fovea sits near the centre, shifted temporally so that the disc stays inside.
+    fovea = centre + (rng.uniform(0.0, 0.1) * temporal + rng.uniform(-0.05, 0.05) * superior) * radius
+    disc = fovea - temporal * dd * rng.uniform(2.3, 2.6)
     return _Geometry(height, width, centre, radius, disc, fovea, dd, temporal, superior)
 
 
@@ -155,7 +156,7 @@ class _Grower:
         self.occupancy = np.zeros(
             (int(g.height / self.cell) + 3, int(g.width / self.cell) + 3), np.int32
         )
-        self.crowded = rng.uniform(30, 45)  # centreline points in 3x3 cells
+        self.crowded = rng.uniform(22, 35)  # centreline points in 3x3 cells
 
     def trunks(self, n_trees: int) -> list[_Branch]:
         """One artery and one vein per trunk, leaving the disc centre."""
@@ -169,18 +170,19 @@ class _Grower:
         plan += [(d, h, False, rng.uniform(4.5, 6.0)) for d, h in others[: n_trees - 2]]
         out = []
         for deg, hemi, arcade, w_vein in plan[:n_trees]:
-            for vein in (True, False):
+            # Artery and vein of one arcade run apart: one outside the other.
+            radii = rng.permutation([1.7, 2.05]) + rng.uniform(0, 0.25, 2) if arcade else (0.0, 0.0)
+            for vein, radius in zip((True, False), radii):
                 w = w_vein * s * (1.0 if vein else rng.uniform(0.72, 0.85))
                 h = t_angle + up * math.radians(deg + rng.uniform(-12, 12))
-                x, y = g.disc + _unit(h) * g.dd * rng.uniform(0.05, 0.2)
-                radius = rng.uniform(1.7, 2.3) if arcade else 0.0
+                x, y = g.disc + _unit(h) * g.dd * rng.uniform(0.0, 0.08)
                 out.append(_Branch((x, y), h, w, vein, hemi, radius))
         return out
 
     def trace(self, b: _Branch) -> np.ndarray:
         """(K, 2) centreline of a branch steered by anatomy plus smooth random curvature."""
         g, s, step = self.g, self.g.scale, self.step
-        length = self.length_factor * s * (25 + 5 * b.width / s) * self.rng.uniform(0.6, 1.4)
+        length = self.length_factor * s * (30 + 6 * b.width / s) * self.rng.uniform(0.6, 1.4)
         n = max(2, int(length / step))
         sigma = self.tortuosity * 0.006 * (1 + 3 / (1 + b.width / s)) * math.sqrt(step / 2)
         noise = sigma * self.rng.standard_normal(n)
@@ -194,6 +196,9 @@ class _Grower:
         out_x, out_y = g.temporal * 0.97 + h * g.superior * 0.26
         x, y = b.start
         theta, kappa = b.heading, 0.0
+        # Small vessels inside the arcades converge on the fovea.
+        to_fovea = math.atan2(fy - y, fx - x)
+        macular = math.hypot(fx - x, fy - y) < 2.3 * g.dd and math.cos(to_fovea - theta) > 0.3
         pts = np.empty((n + 1, 2))
         pts[0] = x, y
         for i in range(n):
@@ -209,6 +214,8 @@ class _Grower:
                 wy = h * (c * ty - a * sy) - pull * qy
                 m = min(1.0, max(0.0, a / 0.4))
                 want = math.atan2((1 - m) * wy + m * out_y, (1 - m) * wx + m * out_x)
+            elif macular:
+                want = math.atan2(fy - y, fx - x)
             else:
                 want = math.atan2(y - dy, x - dx)  # vessels radiate out of the disc
             theta += kappa + gain * _wrap(want - theta)

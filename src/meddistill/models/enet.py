@@ -20,8 +20,9 @@ from .blocks import SegmentationNet, conv_bn
 _INITIAL_CHANNELS = 16
 
 
-def _prelu(channels: int) -> tuple:
-    return ("prelu", {"num_parameters": channels})
+def _act(name: str, channels: int) -> str | tuple:
+    """MONAI activation spec: a per-channel PReLU, or ``name`` as is."""
+    return ("prelu", {"num_parameters": channels}) if name == "prelu" else name
 
 
 class InitialBlock(nn.Module):
@@ -42,28 +43,24 @@ class InitialBlock(nn.Module):
 class Bottleneck(nn.Module):
     """Residual bottleneck: 1x1 reduce -> main conv -> 1x1 expand -> spatial dropout, plus identity.
 
-    ``kind`` selects the main conv: "regular" (3x3), "dilated" (3x3 with ``dilation``) or
-    "asymmetric" (5x1 then 1x5).
+    The main conv is a 3x3 conv with ``dilation`` ("regular" when 1, "dilated" otherwise), or
+    a 5x1 then a 1x5 conv when ``asymmetric``. ``act`` is "prelu" (encoder) or "relu" (decoder).
     """
 
     def __init__(
-        self, channels: int, kind: str = "regular", dilation: int = 1, dropout: float = 0.1, act: str = "prelu"
+        self, channels: int, dilation: int = 1, asymmetric: bool = False, dropout: float = 0.1, act: str = "prelu"
     ) -> None:
         super().__init__()
         internal = channels // 4
-
-        def activation(c: int) -> str | tuple:
-            return _prelu(c) if act == "prelu" else act
-
-        if kind == "asymmetric":
+        if asymmetric:
             main: nn.Module = nn.Sequential(
                 nn.Conv2d(internal, internal, (5, 1), padding=(2, 0), bias=False),
-                conv_bn(internal, internal, (1, 5), act=activation(internal)),
+                conv_bn(internal, internal, (1, 5), act=_act(act, internal)),
             )
         else:
-            main = conv_bn(internal, internal, 3, dilation=dilation, act=activation(internal))
+            main = conv_bn(internal, internal, 3, dilation=dilation, act=_act(act, internal))
         self.branch = nn.Sequential(
-            conv_bn(channels, internal, 1, act=activation(internal)),
+            conv_bn(channels, internal, 1, act=_act(act, internal)),
             main,
             conv_bn(internal, channels, 1, act=None),
             nn.Dropout2d(dropout),
@@ -83,8 +80,8 @@ class DownsamplingBottleneck(nn.Module):
         self.extra_channels = out_channels - in_channels
         self.pool = nn.MaxPool2d(2)
         self.branch = nn.Sequential(
-            conv_bn(in_channels, internal, 2, stride=2, padding=0, act=_prelu(internal)),
-            conv_bn(internal, internal, 3, act=_prelu(internal)),
+            conv_bn(in_channels, internal, 2, stride=2, padding=0, act=_act("prelu", internal)),
+            conv_bn(internal, internal, 3, act=_act("prelu", internal)),
             conv_bn(internal, out_channels, 1, act=None),
             nn.Dropout2d(dropout),
         )
@@ -106,8 +103,16 @@ class UpsamplingBottleneck(nn.Module):
         self.branch = nn.Sequential(
             conv_bn(in_channels, internal, 1, act="relu"),
             Convolution(
-                2, internal, internal, strides=2, kernel_size=3, act="relu", norm="batch",
-                bias=False, is_transposed=True, output_padding=1,
+                spatial_dims=2,
+                in_channels=internal,
+                out_channels=internal,
+                strides=2,
+                kernel_size=3,
+                act="relu",
+                norm="batch",
+                bias=False,
+                is_transposed=True,
+                output_padding=1,
             ),
             conv_bn(internal, out_channels, 1, act=None),
             nn.Dropout2d(dropout),
@@ -140,13 +145,13 @@ def _dilated_stage(channels: int, dropout: float) -> list[nn.Module]:
     """Bottlenecks x.1 - x.8 of stages 2 and 3."""
     return [
         Bottleneck(channels, dropout=dropout),
-        Bottleneck(channels, "dilated", dilation=2, dropout=dropout),
-        Bottleneck(channels, "asymmetric", dropout=dropout),
-        Bottleneck(channels, "dilated", dilation=4, dropout=dropout),
+        Bottleneck(channels, dilation=2, dropout=dropout),
+        Bottleneck(channels, asymmetric=True, dropout=dropout),
+        Bottleneck(channels, dilation=4, dropout=dropout),
         Bottleneck(channels, dropout=dropout),
-        Bottleneck(channels, "dilated", dilation=8, dropout=dropout),
-        Bottleneck(channels, "asymmetric", dropout=dropout),
-        Bottleneck(channels, "dilated", dilation=16, dropout=dropout),
+        Bottleneck(channels, dilation=8, dropout=dropout),
+        Bottleneck(channels, asymmetric=True, dropout=dropout),
+        Bottleneck(channels, dilation=16, dropout=dropout),
     ]
 
 
@@ -166,8 +171,8 @@ class ENet(SegmentationNet):
         super().__init__()
         if not 0 < in_channels < _INITIAL_CHANNELS:
             raise MeddistillError(f"ENet needs 1 to {_INITIAL_CHANNELS - 1} input channels, got {in_channels}")
-        # The paper uses a tenth of the dropout in stage 1.
         self.initial = InitialBlock(in_channels)
+        # The paper uses a tenth of the dropout in stage 1.
         self.stage1 = nn.Sequential(
             DownsamplingBottleneck(_INITIAL_CHANNELS, 64, dropout / 10),
             *[Bottleneck(64, dropout=dropout / 10) for _ in range(4)],

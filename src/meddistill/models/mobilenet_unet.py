@@ -1,7 +1,7 @@
 """U-Net with a MobileNetV2 encoder (Sandler et al., 2018, "MobileNetV2: Inverted Residuals and Linear Bottlenecks").
 
 The decoder follows the common MobileNetV2-UNet layout (transposed-conv upsampling,
-skip concatenation, one inverted residual per level), which gives the ~4.6 M parameters
+skip concatenation, one inverted residual per level), which gives 4.69 M parameters, close to the 4.64 M
 reported for this student in the GKD paper.
 """
 
@@ -76,7 +76,7 @@ class UpStage(nn.Module):
 
 
 class MobileNetV2UNet(SegmentationNet):
-    """MobileNetV2 encoder + U-Net decoder, total stride 32, about 4.6 M parameters at ``width_mult=1``.
+    """MobileNetV2 encoder + U-Net decoder, total stride 32, about 4.7 M parameters at ``width_mult=1``.
 
     ``encode`` returns the stride 2, 4, 8, 16 and 32 features ``[enc2 (16 c), enc4 (24 c),
     enc8 (32 c), enc16 (96 c), enc32 (1280 c, bottleneck)]`` (channels at ``width_mult=1``).
