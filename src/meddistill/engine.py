@@ -123,12 +123,18 @@ class _Distributed:
         if self.enabled:
             dist.barrier()
 
-    def broadcast_flag(self, flag: bool) -> bool:
+    def average_buffers(self, module: nn.Module) -> None:
+        """Average floating buffers (BatchNorm running statistics) over ranks.
+
+        DDP syncs gradients, but each rank updates its running statistics from its own
+        batches; averaging them keeps every rank's model identical and uses all the data.
+        """
         if not self.enabled:
-            return flag
-        value = torch.tensor([int(flag)])
-        dist.broadcast(value, src=0)
-        return bool(value.item())
+            return
+        for buffer in module.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                buffer.div_(self.world_size)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -182,11 +188,11 @@ class Trainer:
             drop_last=len(self.dataset) // self.dist.world_size > config.train.batch_size,
         )
 
-        METHODS.get(config.method.name)  # an unknown method is reported before any heavy work
-        self.student = build_configured_network(config.student)
-        teacher = build_teacher(config)
-        if config.method.name != "none" and teacher is None:
+        method = METHODS.get(config.method.name)  # an unknown method fails before heavy work
+        if method.needs_teacher and config.teacher is None:
             raise MeddistillError(f"method '{config.method.name}' needs a 'teacher' section in the config")
+        self.student = build_configured_network(config.student)
+        teacher = build_teacher(config) if method.needs_teacher else None
         example = self.dataset[0]["image"].unsqueeze(0)
         self.distiller = build_distiller(
             config.method.name,
@@ -330,6 +336,7 @@ class Trainer:
             steps += 1
             bar.update(task, advance=1, description=f"{self.config.name} e{epoch} loss {total.item():.4f}")
         self.schedule.step()
+        self.dist.average_buffers(self.distiller)
         row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         row.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
         return row

@@ -71,8 +71,13 @@ class _Geometry:
 
     @property
     def scale(self) -> float:
-        """Vessel size factor, 1 for a 512 px image."""
+        """Size factor, 1 for a 512 px image."""
         return self.radius / 240
+
+    @property
+    def width_scale(self) -> float:
+        """Vessel width factor: as ``scale``, but small images keep drawable vessels."""
+        return max(self.scale, 0.3)
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,8 @@ def _geometry(rng: np.random.Generator, height: int, width: int, eye: str) -> _G
     temporal = np.array([side * math.cos(tilt), math.sin(tilt)])
     superior = side * np.array([temporal[1], -temporal[0]])
     # The fovea sits near the centre, shifted temporally so that the disc stays inside.
-    fovea = centre + (rng.uniform(0.0, 0.1) * temporal + rng.uniform(-0.05, 0.05) * superior) * radius
+    shift = rng.uniform(0.0, 0.1) * temporal + rng.uniform(-0.05, 0.05) * superior
+    fovea = centre + shift * radius
     disc = fovea - temporal * dd * rng.uniform(2.3, 2.6)
     return _Geometry(height, width, centre, radius, disc, fovea, dd, temporal, superior)
 
@@ -146,13 +152,12 @@ class _Grower:
 
     def __init__(self, rng: np.random.Generator, g: _Geometry) -> None:
         self.rng, self.g = rng, g
-        s = g.scale
-        self.step = max(1.0, 2.0 * s)
-        self.w_min = max(1.0, 1.3 * s)
+        self.step = max(1.0, 2.0 * g.scale)
+        self.w_min = max(1.0, 1.3 * g.width_scale)
         self.length_factor = rng.uniform(0.8, 1.2)
         self.tortuosity = rng.uniform(0.6, 1.4)
         # Space filling: a thin branch stops where the vessels grown so far are dense.
-        self.cell = 12 * s
+        self.cell = 6 * self.step
         self.occupancy = np.zeros(
             (int(g.height / self.cell) + 3, int(g.width / self.cell) + 3), np.int32
         )
@@ -160,7 +165,7 @@ class _Grower:
 
     def trunks(self, n_trees: int) -> list[_Branch]:
         """One artery and one vein per trunk, leaving the disc centre."""
-        g, rng, s = self.g, self.rng, self.g.scale
+        g, rng, ws = self.g, self.rng, self.g.width_scale
         t_angle = math.atan2(g.temporal[1], g.temporal[0])
         up = math.copysign(1.0, _wrap(math.atan2(g.superior[1], g.superior[0]) - t_angle))
         # (degrees from temporal towards superior, hemisphere, arcade, vein width at 512)
@@ -173,20 +178,22 @@ class _Grower:
             # Artery and vein of one arcade run apart: one outside the other.
             radii = rng.permutation([1.7, 2.05]) + rng.uniform(0, 0.25, 2) if arcade else (0.0, 0.0)
             for vein, radius in zip((True, False), radii):
-                w = w_vein * s * (1.0 if vein else rng.uniform(0.72, 0.85))
+                w = w_vein * ws * (1.0 if vein else rng.uniform(0.72, 0.85))
                 h = t_angle + up * math.radians(deg + rng.uniform(-12, 12))
-                x, y = g.disc + _unit(h) * g.dd * rng.uniform(0.0, 0.08)
+                # The central vessels emerge slightly nasal of the disc centre.
+                x, y = g.disc + (_unit(h) * rng.uniform(0.0, 0.08) - 0.08 * g.temporal) * g.dd
                 out.append(_Branch((x, y), h, w, vein, hemi, radius))
         return out
 
     def trace(self, b: _Branch) -> np.ndarray:
         """(K, 2) centreline of a branch steered by anatomy plus smooth random curvature."""
-        g, s, step = self.g, self.g.scale, self.step
-        length = self.length_factor * s * (30 + 6 * b.width / s) * self.rng.uniform(0.6, 1.4)
+        g, step = self.g, self.step
+        w = b.width / g.width_scale  # as if at 512
+        length = self.length_factor * g.width_scale * (30 + 6 * w) * self.rng.uniform(0.6, 1.4)
         n = max(2, int(length / step))
-        sigma = self.tortuosity * 0.006 * (1 + 3 / (1 + b.width / s)) * math.sqrt(step / 2)
+        sigma = self.tortuosity * 0.006 * (1 + 3 / (1 + w)) * math.sqrt(step / 2)
         noise = sigma * self.rng.standard_normal(n)
-        gain = 0.12 * min(1.0, b.width / (4 * s)) if b.arcade else 0.02
+        gain = 0.12 * min(1.0, w / 4) if b.arcade else 0.02
         fx, fy = g.fovea
         tx, ty = g.temporal
         sx, sy = g.superior
@@ -231,7 +238,7 @@ class _Grower:
         end = outside | ((q**2).sum(1) < (0.3 * g.dd) ** 2)  # foveal avascular zone
         if b.hemisphere:
             end |= (q @ g.temporal > 0) & (b.hemisphere * (q @ g.superior) < 0)
-        if b.width < 3 * self.g.scale:
+        if b.width < 3 * self.g.width_scale:
             cells = self._cells(pts)
             dense = sum(
                 self.occupancy[cells[:, 0] + i, cells[:, 1] + j]
@@ -371,10 +378,10 @@ def _background(rng: np.random.Generator, g: _Geometry) -> np.ndarray:
     img *= 1 - macula[..., None] * np.float32([0.12, 0.3, 0.3])
 
     # Optic disc: a slightly vertical yellowish oval with a paler cup.
-    rx = 0.5 * g.dd * rng.uniform(0.9, 1.0)
-    ry = 0.5 * g.dd * rng.uniform(1.0, 1.15)
+    rx = 0.5 * g.dd * rng.uniform(0.95, 1.05)
+    ry = 0.5 * g.dd * rng.uniform(1.05, 1.2)
     ell = np.sqrt(((xx - g.disc[0]) / rx) ** 2 + ((yy - g.disc[1]) / ry) ** 2)
-    disc = (1 / (1 + np.exp((ell - 1) / 0.1)))[..., None]
+    disc = (1 / (1 + np.exp((ell - 1) / 0.06)))[..., None]
     cup = (1 / (1 + np.exp((ell - rng.uniform(0.3, 0.5)) / 0.1)))[..., None]
     rim_colour = np.float32([250, rng.uniform(180, 215), rng.uniform(100, 140)])
     img = img * (1 - disc) + rim_colour * disc
@@ -392,14 +399,14 @@ def _render_vessels(
     rng: np.random.Generator, trees: _Trees, g: _Geometry
 ) -> tuple[np.ndarray, np.ndarray]:
     """(H, W) bool mask and (H, W, 3) float32 optical density of the vessels."""
-    shape, s = (g.height, g.width), g.scale
+    shape, ws = (g.height, g.width), g.width_scale
     # The mask is exact to a quarter pixel: a pixel is vessel when half of it is covered.
     full = np.full(len(trees.paths), 255)
     mask = _rasterise(shape, trees.paths, trees.widths, full, 1.0, 4) >= 0.5
     # Thicker vessels hold more blood along the ray, up to saturation.
-    blood = np.round(255 * np.minimum(1.0, (trees.widths / (4 * s)) ** 0.4))
+    blood = np.round(255 * np.minimum(1.0, (trees.widths / (4 * ws)) ** 0.4))
     # The central light reflex shows on wide vessels, stronger on arteries.
-    shine = np.round(255 * np.clip((trees.widths - 3 * s) / (3 * s), 0, 1))
+    shine = np.round(255 * np.clip((trees.widths - 3 * ws) / (3 * ws), 0, 1))
     reflex = rng.uniform(0.0, 0.6) * np.where(trees.vein, 0.5, 1.0)
     contrast = rng.uniform(0.8, 1.3)
     density = np.zeros((*shape, 3), np.float32)

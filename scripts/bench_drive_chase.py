@@ -1,0 +1,152 @@
+"""Benchmark: train on DRIVE, test in-domain (held-out DRIVE images) and on CHASE_DB1 (unseen).
+
+Trains (or resumes) the teacher and every student × method run that is missing, then
+evaluates each model and measures its CPU cost at 512×512, and writes a Markdown table
+and a JSON file. Run from the repository root:
+
+    python scripts/bench_drive_chase.py --jobs 2
+
+Each training run is an ordinary CLI call (printed before it starts), so any row can be
+reproduced on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from meddistill.config import load_config
+from meddistill.cost import measure_cost
+from meddistill.data import load_dataset, split_samples
+from meddistill.engine import evaluate_samples
+from meddistill.zoo import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER_CONFIG = ROOT / "configs" / "drive_teacher.yaml"
+STUDENT_CONFIG = ROOT / "configs" / "drive_student.yaml"
+METHODS = ["none", "kd", "at", "fsp", "fitnets"]
+STUDENTS = ["enet", "mobilenetv2_unet"]
+
+
+def run_name(student: str, method: str) -> str:
+    return f"drive-{student}-{method}"
+
+
+def student_command(student: str, method: str) -> list[str]:
+    verb = "train" if method == "none" else "distill"
+    return [
+        sys.executable, "-m", "meddistill", verb, str(STUDENT_CONFIG), "--no-progress",
+        "--set", f"name={run_name(student, method)}", "--set", f"student.name={student}",
+        "--set", f"method.name={method}",
+    ]
+
+
+def run_state(run_dir: Path, epochs: int) -> str:
+    """``done``, ``partial`` (resumable) or ``missing``."""
+    meta = run_dir / "last.json"
+    if not meta.is_file():
+        return "missing"
+    return "done" if json.loads(meta.read_text())["epoch"] >= epochs - 1 else "partial"
+
+
+def train_all(jobs: list[tuple[str, list[str], Path, int]], parallel: int) -> None:
+    """Run training commands, ``parallel`` at a time, resuming partial runs."""
+    pending = []
+    for name, command, run_dir, epochs in jobs:
+        state = run_state(run_dir, epochs)
+        if state == "done":
+            continue
+        pending.append((name, command + (["--resume"] if state == "partial" else []), run_dir))
+    running: list[tuple[str, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, command, run_dir = pending.pop(0)
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            print("$", " ".join(command[1:]), flush=True)
+            log = open(run_dir.parent / f"{name}.log", "a")
+            running.append((name, subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(5)
+        for item in list(running):
+            name, process = item
+            if process.poll() is not None:
+                running.remove(item)
+                if process.returncode != 0:
+                    raise SystemExit(f"training {name} failed (exit {process.returncode}); see runs/{name}.log")
+                print(f"finished {name}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--students", nargs="+", default=STUDENTS)
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (1 thread each)")
+    parser.add_argument("--chase", default="../shared/data/CHASEDB1")
+    parser.add_argument("--out", default="docs/results/drive_chase")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the latency measurement")
+    args = parser.parse_args()
+
+    teacher_cfg = load_config(TEACHER_CONFIG)
+    student_cfg = load_config(STUDENT_CONFIG)
+    train_all(
+        [("drive-teacher", [sys.executable, "-m", "meddistill", "train", str(TEACHER_CONFIG), "--no-progress"],
+          ROOT / teacher_cfg.run_dir, teacher_cfg.train.epochs)],
+        parallel=1,
+    )
+    train_all(
+        [(run_name(s, m), student_command(s, m), ROOT / student_cfg.output / run_name(s, m), student_cfg.train.epochs)
+         for s in args.students for m in args.methods],
+        parallel=args.jobs,
+    )
+
+    drive_train, drive_val = split_samples(
+        load_dataset(teacher_cfg.data.dataset, ROOT / teacher_cfg.data.root), teacher_cfg.data.val_fraction, teacher_cfg.seed
+    )
+    chase = load_dataset("chase", ROOT / args.chase)
+    models = {"teacher (FANet)": ROOT / teacher_cfg.run_dir / "best"}
+    models.update({f"{s} / {m}": ROOT / student_cfg.output / run_name(s, m) / "best" for s in args.students for m in args.methods})
+    results = {}
+    for label, stem in models.items():
+        net, meta = load_model(stem)
+        cost = measure_cost(net, (1, 3, 512, 512), threads=args.threads, repeats=10)
+        results[label] = {
+            "checkpoint": str(stem.relative_to(ROOT)),
+            "drive_heldout": evaluate_samples(net, drive_val, "cpu"),
+            "chase": evaluate_samples(net, chase, "cpu"),
+            "params": cost.params,
+            "gflops": cost.gflops,
+            "cpu_ms_512": cost.latency_ms,
+            "peak_memory_mb": cost.peak_memory_mb,
+            "epoch": meta["epoch"],
+        }
+        print(label, json.dumps(results[label]["chase"]), flush=True)
+
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"drive_heldout_images": [s.name for s in drive_val], "chase_images": len(chase), "threads": args.threads,
+         "results": results}, indent=2))
+    lines = [
+        f"Trained on {len(drive_train)} DRIVE training images; in-domain = {len(drive_val)} held-out DRIVE images "
+        f"({', '.join(s.name for s in drive_val)}); unseen = all {len(chase)} CHASE_DB1 images (1st observer), native "
+        f"resolution. Metrics pooled over pixels inside the FOV, threshold 0.5. Cost: 1×3×512×512, {args.threads} thread.",
+        "",
+        "| model / method | DRIVE F1 | DRIVE Se | DRIVE AUC | CHASE Se | CHASE Sp | CHASE Acc | CHASE AUC | CHASE F1 | CHASE mIoU | params (M) | GFLOPs | CPU ms | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in results.items():
+        d, c = r["drive_heldout"], r["chase"]
+        lines.append(
+            f"| {label} | {d['f1']:.4f} | {d['sensitivity']:.4f} | {d['auc']:.4f} | {c['sensitivity']:.4f} | "
+            f"{c['specificity']:.4f} | {c['accuracy']:.4f} | {c['auc']:.4f} | {c['f1']:.4f} | {c['miou']:.4f} | "
+            f"{r['params'] / 1e6:.3f} | {r['gflops']:.2f} | {r['cpu_ms_512']:.0f} | {r['peak_memory_mb']:.0f} |"
+        )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

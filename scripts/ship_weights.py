@@ -1,0 +1,40 @@
+"""Copy a trained run's best checkpoint into the package as a named, shipped model.
+
+    python scripts/ship_weights.py runs/drive-teacher drive-teacher \
+        --command "meddistill train configs/drive_teacher.yaml"
+
+Writes src/meddistill/weights/<name>.safetensors, <name>.json (metadata with the
+training command added) and <name>.yaml (the run's config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "meddistill" / "weights"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("name")
+    parser.add_argument("--command", required=True, help="the command that trained this run")
+    parser.add_argument("--stem", default="best", help="which checkpoint of the run (best or last)")
+    args = parser.parse_args()
+
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((args.run_dir / f"{args.stem}.json").read_text())
+    meta["name"] = args.name
+    meta["trained_with"] = args.command
+    shutil.copyfile(args.run_dir / f"{args.stem}.safetensors", WEIGHTS / f"{args.name}.safetensors")
+    (WEIGHTS / f"{args.name}.json").write_text(json.dumps(meta, indent=2))
+    shutil.copyfile(args.run_dir / "config.yaml", WEIGHTS / f"{args.name}.yaml")
+    size = (WEIGHTS / f"{args.name}.safetensors").stat().st_size / 2**20
+    print(f"shipped {args.name}: {meta['model']} epoch {meta['epoch']}, {size:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

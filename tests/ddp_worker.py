@@ -1,0 +1,28 @@
+"""Run under torchrun by test_ddp.py: train, then record this rank's weight checksum."""
+
+import hashlib
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from meddistill.config import config_from_dict
+from meddistill.engine import Trainer
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import tiny_config_dict  # noqa: E402
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    out = __import__("pathlib").Path(sys.argv[1])
+    trainer = Trainer(config_from_dict(tiny_config_dict(out, "ddp")), progress=False)
+    trainer.fit()
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trainer.student.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    rank = dist.get_rank()
+    (out / f"rank{rank}.sha256").write_text(digest.hexdigest())
+    (out / f"rank{rank}.batches").write_text(str(len(trainer.loader)))
+    dist.destroy_process_group()

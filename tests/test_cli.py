@@ -1,0 +1,151 @@
+"""End-to-end: the CLI driven as a user would, on phantom data the tests make."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import tiny_config_dict
+from meddistill.cli import app
+from meddistill.data import make_fundus_phantom, read_rgb
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny trained student checkpoint, via `meddistill train`."""
+    tmp = tmp_path_factory.mktemp("trained")
+    config = tmp / "student.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(tmp, "student", train={"epochs": 1, "batch_size": 2})))
+    result = invoke("train", config, "--no-progress")
+    assert result.exit_code == 0, result.output
+    return tmp / "runs" / "student" / "best"
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    path = tmp_path / "eye.png"
+    Image.fromarray(make_fundus_phantom(72, seed=3).image).save(path)
+    return path
+
+
+def test_help_on_every_command():
+    for args in ([], ["train"], ["distill"], ["evaluate"], ["evaluate", "segmentation"], ["models"], ["segment"], ["bench"], ["demo"]):
+        result = invoke(*args, "--help")
+        assert result.exit_code == 0, (args, result.output)
+        assert "Usage" in result.output
+
+
+def test_segment_writes_mask_probability_and_overlay(trained, photo, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("segment", photo, "--model", trained, "--out", out)
+    assert result.exit_code == 0, result.output
+    mask = np.asarray(Image.open(out / "eye_mask.png"))
+    prob = np.asarray(Image.open(out / "eye_prob.png"))
+    overlay = read_rgb(out / "eye_overlay.png")
+    assert mask.shape == prob.shape == (72, 72) and overlay.shape == (72, 72, 3)
+    assert set(np.unique(mask)) <= {0, 255}
+    # the mask is the thresholded probability map
+    assert np.array_equal(mask == 255, prob >= 128)
+
+
+def test_distill_from_the_trained_checkpoint(trained, tmp_path):
+    values = tiny_config_dict(tmp_path, "kd", teacher={"name": "enet", "weights": str(trained)},
+                              method={"name": "kd"}, train={"epochs": 1, "batch_size": 2})
+    config = tmp_path / "kd.yaml"
+    config.write_text(yaml.safe_dump(values))
+    result = invoke("distill", config, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "kd" / "best.safetensors").is_file()
+    # `train` refuses a distillation config and vice versa
+    assert invoke("train", config, "--no-progress").exit_code == 2
+
+
+def test_evaluate_and_bench_write_json(trained, tmp_path):
+    folder = tmp_path / "data"
+    for i in range(2):
+        p = make_fundus_phantom(64, seed=20 + i)
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "masks").mkdir(exist_ok=True)
+        Image.fromarray(p.image).save(folder / "images" / f"e{i}.png")
+        Image.fromarray((p.vessels * 255).astype(np.uint8)).save(folder / "masks" / f"e{i}.png")
+    result = invoke("evaluate", "segmentation", "--model", trained, "--dataset", "folder", "--root", folder, "--json", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "m.json").read_text())["results"][str(trained)]
+    assert set(metrics) >= {"sensitivity", "specificity", "accuracy", "auc", "f1", "miou"}
+    result = invoke("bench", "--model", trained, "--size", 64, "--repeats", 2, "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    cost = json.loads((tmp_path / "b.json").read_text())[str(trained)]
+    assert 300_000 < cost["params"] < 450_000  # ENet
+    assert cost["gflops"] > 0 and cost["latency_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("make_input", "message"),
+    [
+        (lambda d: d / "missing.png", "not found"),
+        (lambda d: _write(d / "corrupt.png", b"\x89PNG\r\n\x1a\n garbage"), "eye"),
+        (lambda d: _save(d / "gray.png", np.zeros((32, 32), np.uint8)), "grayscale"),
+        (lambda d: _save(d / "rgba.png", np.zeros((32, 32, 4), np.uint8)), "alpha"),
+    ],
+)
+def test_bad_images_give_one_line_errors(trained, tmp_path, make_input, message):
+    path = make_input(tmp_path)
+    result = invoke("segment", path, "--model", trained, "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert "error:" in result.output
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _save(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_user_mistakes_exit_2_without_traceback(trained, photo, tmp_path):
+    bad_config = tmp_path / "typo.yaml"
+    bad_config.write_text("name: x\ntrian:\n  epochs: 2\n")
+    result = invoke("train", bad_config)
+    assert result.exit_code == 2 and "did you mean 'train'" in result.output
+    result = invoke("segment", photo, "--model", "drive-studnet", "--out", tmp_path)
+    assert result.exit_code == 2 and "no shipped model or checkpoint named 'drive-studnet'" in result.output
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "masks").mkdir()
+    result = invoke("evaluate", "segmentation", "--model", trained, "--dataset", "folder", "--root", empty)
+    assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_installed_entry_point_reports_errors_on_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "meddistill", "segment", str(tmp_path / "nope.jpg"), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+
+
+def test_demo_quick_writes_report(tmp_path):
+    result = invoke("demo", "--quick", "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    for name in ("results.md", "results.json", "overlays.png", "training_curves.png"):
+        assert (tmp_path / "report" / name).is_file(), name
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert set(results) == {"teacher", "student-scratch", "student-kd"}
+    assert results["teacher"]["gflops"] > results["student-kd"]["gflops"]
