@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # ENet's max-unpooling is flagged as non-deterministic because of CUDA atomics; its
+        # CPU kernel writes each output once, so the warning is noise on every CPU step.
+        warnings.filterwarnings("ignore", message="max_unpooling2d_forward_out does not have a deterministic")
         torch.backends.cudnn.benchmark = False
 
 
