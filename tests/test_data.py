@@ -16,7 +16,6 @@ from PIL import Image
 from meddistill.data import (
     PatchDataset,
     VesselSample,
-    WholeImageDataset,
     compute_fov,
     load_chase,
     load_dataset,
@@ -368,13 +367,3 @@ def test_patch_dataset_keeps_labels_aligned_under_augmentation():
             assert red[label & fov].min() > red[~label & fov].max()
         moved += not torch.equal(item["label"], plain[i]["label"])
     assert moved > 0  # spatial augmentation happened
-
-
-def test_whole_image_dataset():
-    image, vessels, fov = _fundus(9)
-    item = WholeImageDataset([VesselSample("x", image, vessels, fov)])[0]
-    assert item["name"] == "x"
-    assert item["image"].shape == (3, H, W) and item["image"].dtype == torch.float32
-    assert item["label"].dtype == torch.int64 and torch.equal(item["label"].bool(), torch.from_numpy(vessels))
-    assert torch.equal(item["fov"], torch.from_numpy(fov))
-    np.testing.assert_allclose(item["image"].numpy(), normalize_image(image, fov))

@@ -14,7 +14,7 @@ from .datasets import (
 )
 from .fov import compute_fov
 from .io import IMAGE_SUFFIXES, read_mask, read_rgb, write_png
-from .patches import PatchDataset, WholeImageDataset, normalize_image
+from .patches import PatchDataset, normalize_image
 from .phantom import FundusPhantom, make_fundus_phantom, make_phantom_dataset
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "FundusPhantom",
     "PatchDataset",
     "VesselSample",
-    "WholeImageDataset",
     "compute_fov",
     "detect_layout",
     "load_chase",

@@ -1,4 +1,4 @@
-"""Image normalisation and the torch datasets that feed training (patches) and validation (whole images).
+"""Image normalisation and the patch dataset that feeds training.
 
 The code works on any number of spatial dimensions: 2D photos (H, W) and 3D volumes (D, H, W)
 go through the same functions.
@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..errors import MeddistillError
 
-__all__ = ["PatchDataset", "WholeImageDataset", "normalize_image"]
+__all__ = ["PatchDataset", "normalize_image"]
 
 
 class _Sample(Protocol):
@@ -156,28 +156,3 @@ class PatchDataset(Dataset):
             item = {key: convert_to_tensor(value, track_meta=False) for key, value in augmented.items()}
             item["image"] = item["image"] * item["fov"]  # intensity changes must not leak outside the FOV
         return {"image": item["image"], "label": item["label"][0], "fov": item["fov"][0]}
-
-
-class WholeImageDataset(Dataset):
-    """One item per sample, whole and unaugmented, for validation and inference.
-
-    Each item is a dict: ``image`` (C, H, W) float32, ``label`` (H, W) int64, ``fov`` (H, W) bool,
-    ``name`` str (the sample's ``name``, or ``sample_<index>`` for samples without one, like phantoms).
-    """
-
-    def __init__(self, samples: Sequence[_Sample]) -> None:
-        self._names = [getattr(s, "name", f"sample_{i:03d}") for i, s in enumerate(samples)]
-        self._images = [normalize_image(s.image, s.fov) for s in samples]
-        self._labels = [s.vessels.astype(np.int64) for s in samples]
-        self._fovs = [s.fov for s in samples]
-
-    def __len__(self) -> int:
-        return len(self._images)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        return {
-            "image": torch.from_numpy(self._images[index]),
-            "label": torch.from_numpy(self._labels[index]),
-            "fov": torch.from_numpy(self._fovs[index]),
-            "name": self._names[index],
-        }
