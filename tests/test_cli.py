@@ -59,6 +59,19 @@ def test_segment_writes_mask_probability_and_overlay(trained, photo, tmp_path):
     assert np.array_equal(mask == 255, prob >= 128)
 
 
+def test_segment_a_folder_of_images(trained, photo, tmp_path):
+    second = tmp_path / "eye2.jpg"
+    Image.fromarray(make_fundus_phantom(64, seed=4).image).save(second)
+    out = tmp_path / "out"
+    result = invoke("segment", tmp_path, "--model", trained, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.glob("*_mask.png")} == {"eye_mask.png", "eye2_mask.png"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("segment", empty, "--model", trained, "--out", out)
+    assert result.exit_code == 2 and "holds no images" in result.output
+
+
 def test_distill_from_the_trained_checkpoint(trained, tmp_path):
     values = tiny_config_dict(tmp_path, "kd", teacher={"name": "enet", "weights": str(trained)},
                               method={"name": "kd"}, train={"epochs": 1, "batch_size": 2})

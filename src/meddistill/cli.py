@@ -137,7 +137,7 @@ def models() -> None:
 @app.command()
 @user_errors
 def segment(
-    images: Annotated[list[Path], typer.Argument(help="RGB fundus photos (PNG, JPG, TIFF, GIF, PPM).")],
+    images: Annotated[list[Path], typer.Argument(help="RGB fundus photos (PNG, JPG, TIFF, GIF, PPM) or folders of them.")],
     model: Annotated[str, typer.Option(help="Shipped model name or checkpoint path.")] = "drive-student",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("segmentations"),
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold for the mask.")] = 0.5,
@@ -147,15 +147,33 @@ def segment(
     from .inference import segment_to_files
     from .zoo import load_model
 
+    paths = _expand_image_paths(images)
     # Read every image first so a bad file fails before any work is done.
-    loaded = [(path, read_rgb(path)) for path in images]
+    loaded = [(path, read_rgb(path)) for path in paths]
     net, _ = load_model(model)
-    stems = [path.stem for path in images]
+    stems = [path.stem for path in paths]
     if len(set(stems)) != len(stems):
         raise MeddistillError("two input images share a file name stem; their outputs would overwrite each other")
     for path, image in loaded:
         written = segment_to_files(net, image, path.stem, out, threshold=threshold)
         console.print(f"{path} → {written['mask']}")
+
+
+def _expand_image_paths(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder stands for the images directly inside it."""
+    from .data import IMAGE_SUFFIXES
+
+    expanded = []
+    for path in paths:
+        if path.is_dir():
+            suffixes = IMAGE_SUFFIXES + tuple(f"{s}.gz" for s in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+            if not found:
+                raise MeddistillError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES[:6])}, ...)")
+            expanded.extend(found)
+        else:
+            expanded.append(path)
+    return expanded
 
 
 @app.command()
