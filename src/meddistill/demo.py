@@ -29,7 +29,7 @@ TEST_SEED = 10_000  # disjoint from the training phantoms' seeds
 def _settings(quick: bool) -> dict:
     if quick:
         return {"count": 4, "size": 96, "patch": 64, "patches": 4, "teacher_epochs": 1, "student_epochs": 1, "test": 2, "width": 8}
-    return {"count": 16, "size": 256, "patch": 96, "patches": 16, "teacher_epochs": 12, "student_epochs": 12, "test": 6, "width": 16}
+    return {"count": 12, "size": 256, "patch": 96, "patches": 16, "teacher_epochs": 8, "student_epochs": 10, "test": 6, "width": 16}
 
 
 def _experiments(runs: Path, s: dict) -> dict[str, dict]:
