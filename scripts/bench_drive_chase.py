@@ -1,10 +1,12 @@
 """Benchmark: train on DRIVE, test in-domain (held-out DRIVE images) and on CHASE_DB1 (unseen).
 
-Trains (or resumes) the teacher and every student × method run that is missing, then
-evaluates each model and measures its CPU cost at 512×512, and writes a Markdown table
-and a JSON file. Run from the repository root:
+Two stages, run from the repository root:
 
-    python scripts/bench_drive_chase.py --jobs 2
+    python scripts/bench_drive_chase.py train --jobs 2   # teacher, then every student x method run (resumes partial runs)
+    python scripts/bench_drive_chase.py report           # metrics of every finished run, CPU cost, Markdown + JSON
+
+`report` caches each model's metrics next to the output (re-running only evaluates new
+runs) and measures latency last, so run it on an otherwise idle machine.
 
 Each training run is an ordinary CLI call (printed before it starts), so any row can be
 reproduced on its own.
@@ -28,7 +30,7 @@ from meddistill.zoo import load_model
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_CONFIG = ROOT / "configs" / "drive_teacher.yaml"
 STUDENT_CONFIG = ROOT / "configs" / "drive_student.yaml"
-METHODS = ["none", "kd", "at", "fsp", "fitnets"]
+METHODS = ["none", "kd", "at", "fitnets", "fsp"]
 STUDENTS = ["enet", "mobilenetv2_unet"]
 
 
@@ -79,53 +81,53 @@ def train_all(jobs: list[tuple[str, list[str], Path, int]], parallel: int) -> No
                 print(f"finished {name}", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--students", nargs="+", default=STUDENTS)
-    parser.add_argument("--methods", nargs="+", default=METHODS)
-    parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (1 thread each)")
-    parser.add_argument("--chase", default="../shared/data/CHASEDB1")
-    parser.add_argument("--out", default="docs/results/drive_chase")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the latency measurement")
-    args = parser.parse_args()
-
-    teacher_cfg = load_config(TEACHER_CONFIG)
-    student_cfg = load_config(STUDENT_CONFIG)
+def train_stage(args, teacher_cfg, student_cfg) -> None:
     train_all(
         [("drive-teacher", [sys.executable, "-m", "meddistill", "train", str(TEACHER_CONFIG), "--no-progress"],
           ROOT / teacher_cfg.run_dir, teacher_cfg.train.epochs)],
         parallel=1,
     )
+    # Method-major order: the first runs give every student a distilled model soonest.
     train_all(
         [(run_name(s, m), student_command(s, m), ROOT / student_cfg.output / run_name(s, m), student_cfg.train.epochs)
-         for s in args.students for m in args.methods],
+         for m in args.methods for s in args.students],
         parallel=args.jobs,
     )
 
+
+def report_stage(args, teacher_cfg, student_cfg) -> None:
     drive_train, drive_val = split_samples(
         load_dataset(teacher_cfg.data.dataset, ROOT / teacher_cfg.data.root), teacher_cfg.data.val_fraction, teacher_cfg.seed
     )
     chase = load_dataset("chase", ROOT / args.chase)
-    models = {"teacher (FANet)": ROOT / teacher_cfg.run_dir / "best"}
-    models.update({f"{s} / {m}": ROOT / student_cfg.output / run_name(s, m) / "best" for s in args.students for m in args.methods})
-    results = {}
-    for label, stem in models.items():
-        net, meta = load_model(stem)
-        cost = measure_cost(net, (1, 3, 512, 512), threads=args.threads, repeats=10)
-        results[label] = {
-            "checkpoint": str(stem.relative_to(ROOT)),
-            "drive_heldout": evaluate_samples(net, drive_val, "cpu"),
-            "chase": evaluate_samples(net, chase, "cpu"),
-            "params": cost.params,
-            "gflops": cost.gflops,
-            "cpu_ms_512": cost.latency_ms,
-            "peak_memory_mb": cost.peak_memory_mb,
-            "epoch": meta["epoch"],
-        }
-        print(label, json.dumps(results[label]["chase"]), flush=True)
-
+    candidates = {"teacher (FANet)": (ROOT / teacher_cfg.run_dir, teacher_cfg.train.epochs)}
+    candidates.update({f"{s} / {m}": (ROOT / student_cfg.output / run_name(s, m), student_cfg.train.epochs)
+                       for s in args.students for m in args.methods})
     out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    cache_path = out.with_suffix(".metrics.json")
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    results = {}
+    for label, (run_dir, epochs) in candidates.items():
+        if run_state(run_dir, epochs) != "done":
+            print(f"skipping {label}: run not finished", flush=True)
+            continue
+        stem = run_dir / "best"
+        net, meta = load_model(stem)
+        if cache.get(label, {}).get("checkpoint_epoch") != meta["epoch"] or cache[label].get("run") != str(run_dir):
+            cache[label] = {
+                "run": str(run_dir),
+                "checkpoint_epoch": meta["epoch"],
+                "drive_heldout": evaluate_samples(net, drive_val, "cpu"),
+                "chase": evaluate_samples(net, chase, "cpu"),
+            }
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps(cache, indent=2))
+            print(label, json.dumps(cache[label]["chase"]), flush=True)
+        results[label] = {"checkpoint": str(stem.relative_to(ROOT)), **cache[label]}
+    for label, r in results.items():  # cost last: latency needs a quiet machine
+        cost = measure_cost(load_model(ROOT / r["checkpoint"])[0], (1, 3, 512, 512), threads=args.threads, repeats=10)
+        r.update(params=cost.params, gflops=cost.gflops, cpu_ms_512=cost.latency_ms, peak_memory_mb=cost.peak_memory_mb)
+
     out.with_suffix(".json").write_text(json.dumps(
         {"drive_heldout_images": [s.name for s in drive_val], "chase_images": len(chase), "threads": args.threads,
          "results": results}, indent=2))
@@ -146,6 +148,20 @@ def main() -> None:
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["train", "report"])
+    parser.add_argument("--students", nargs="+", default=STUDENTS)
+    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (1 thread each)")
+    parser.add_argument("--chase", default="../shared/data/CHASEDB1")
+    parser.add_argument("--out", default="docs/results/drive_chase")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the latency measurement")
+    args = parser.parse_args()
+    teacher_cfg, student_cfg = load_config(TEACHER_CONFIG), load_config(STUDENT_CONFIG)
+    (train_stage if args.stage == "train" else report_stage)(args, teacher_cfg, student_cfg)
 
 
 if __name__ == "__main__":
