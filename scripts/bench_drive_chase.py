@@ -87,10 +87,12 @@ def train_stage(args, teacher_cfg, student_cfg) -> None:
           ROOT / teacher_cfg.run_dir, teacher_cfg.train.epochs)],
         parallel=1,
     )
-    # Method-major order: the first runs give every student a distilled model soonest.
+    # KD for every student first (each gets a distilled model soonest), then the other methods student by student.
+    first = [(s, m) for m in args.methods[:2] for s in args.students]
+    order = first + [(s, m) for s in args.students for m in args.methods if (s, m) not in first]
     train_all(
         [(run_name(s, m), student_command(s, m), ROOT / student_cfg.output / run_name(s, m), student_cfg.train.epochs)
-         for m in args.methods for s in args.students],
+         for s, m in order],
         parallel=args.jobs,
     )
 

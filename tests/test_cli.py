@@ -46,6 +46,15 @@ def test_help_on_every_command():
         assert "Usage" in result.output
 
 
+def test_models_lists_every_shipped_weight():
+    from meddistill.zoo import shipped_models
+
+    result = invoke("models")
+    assert result.exit_code == 0, result.output
+    for name in shipped_models():
+        assert name in result.output
+
+
 def test_segment_writes_mask_probability_and_overlay(trained, photo, tmp_path):
     out = tmp_path / "out"
     result = invoke("segment", photo, "--model", trained, "--out", out)
