@@ -4,7 +4,8 @@
         --command "meddistill train configs/drive_teacher.yaml"
 
 Writes src/meddistill/weights/<name>.safetensors, <name>.json (metadata with the
-training command added) and <name>.yaml (the run's config).
+training command added) and <name>.yaml (the run's config). ``--half`` stores floating
+tensors as float16 (half the size; loading casts them back to the model's float32).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+
+from safetensors.torch import load_file, save_file
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "meddistill" / "weights"
 
@@ -23,13 +26,18 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("--command", required=True, help="the command that trained this run")
     parser.add_argument("--stem", default="best", help="which checkpoint of the run (best or last)")
+    parser.add_argument("--half", action="store_true", help="store floating tensors as float16")
     args = parser.parse_args()
 
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     meta = json.loads((args.run_dir / f"{args.stem}.json").read_text())
     meta["name"] = args.name
     meta["trained_with"] = args.command
-    shutil.copyfile(args.run_dir / f"{args.stem}.safetensors", WEIGHTS / f"{args.name}.safetensors")
+    state = load_file(str(args.run_dir / f"{args.stem}.safetensors"))
+    if args.half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        meta["stored_dtype"] = "float16"
+    save_file(state, str(WEIGHTS / f"{args.name}.safetensors"))
     (WEIGHTS / f"{args.name}.json").write_text(json.dumps(meta, indent=2))
     shutil.copyfile(args.run_dir / "config.yaml", WEIGHTS / f"{args.name}.yaml")
     size = (WEIGHTS / f"{args.name}.safetensors").stat().st_size / 2**20
