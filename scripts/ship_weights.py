@@ -17,6 +17,10 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from meddistill.builders import build_samples
+from meddistill.config import config_from_dict
+from meddistill.engine import training_fov_diameter
+
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "meddistill" / "weights"
 
 
@@ -31,6 +35,10 @@ def main() -> None:
 
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     meta = json.loads((args.run_dir / f"{args.stem}.json").read_text())
+    if "fov_diameter_px" not in meta:  # runs started before the engine recorded it
+        config = config_from_dict(meta["config"])
+        train_samples, _ = build_samples(config.data, config.seed)
+        meta["fov_diameter_px"] = training_fov_diameter(train_samples)
     meta["name"] = args.name
     meta["trained_with"] = args.command
     state = load_file(str(args.run_dir / f"{args.stem}.safetensors"))

@@ -49,3 +49,22 @@ def test_shipped_models_load_and_segment(name, phantom):
     prob = predict_probability(net, phantom.image, phantom.fov)
     assert prob.shape == phantom.fov.shape
     assert np.isfinite(prob).all()
+
+
+def test_fov_rescaling_undoes_a_change_of_camera_resolution(phantom):
+    import cv2
+
+    from meddistill.data import fov_diameter
+
+    torch.manual_seed(0)
+    # 3x3 convolutions: the response depends on vessel width in pixels, as a real network's does.
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 5, padding=2)).eval()
+    reference = predict_probability(net, phantom.image, phantom.fov)
+    big_image = cv2.resize(phantom.image, (192, 192), interpolation=cv2.INTER_LINEAR)
+    big_fov = cv2.resize(phantom.fov.astype(np.uint8), (192, 192), interpolation=cv2.INTER_NEAREST).astype(bool)
+    expected = cv2.resize(reference, (192, 192), interpolation=cv2.INTER_LINEAR)
+    native = predict_probability(net, big_image, big_fov)
+    rescaled = predict_probability(net, big_image, big_fov, fov_diameter_px=fov_diameter(phantom.fov))
+    assert rescaled.shape == (192, 192)
+    inside = big_fov & cv2.erode(big_fov.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert np.abs(rescaled - expected)[inside].mean() < 0.5 * np.abs(native - expected)[inside].mean()

@@ -48,6 +48,18 @@ SetOpt = Annotated[
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in the config's run folder.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+NativeScaleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--native-scale",
+        help="Segment at the image's own resolution instead of rescaling its field of view to the "
+        "diameter the model was trained at.",
+    ),
+]
+
+
+def _training_scale(meta: dict, native_scale: bool) -> float | None:
+    return None if native_scale else meta.get("fov_diameter_px")
 
 
 def _run_training(config_path: Path, overrides: list[str] | None, resume: bool, progress: bool, distill: bool) -> None:
@@ -86,6 +98,7 @@ def evaluate_segmentation(
     dataset: Annotated[str, typer.Option(help="Layout: drive, chase, stare, hrf, folder or auto.")] = "auto",
     root: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("."),
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics as JSON.")] = None,
+    native_scale: NativeScaleOpt = False,
 ) -> None:
     """Vessel-segmentation metrics inside the field of view, pooled over all images."""
     from .data import load_dataset
@@ -95,8 +108,8 @@ def evaluate_segmentation(
     samples = load_dataset(dataset, root)
     results = {}
     for name in model:
-        net, _ = load_model(name)
-        results[name] = evaluate_samples(net, samples, device=_cpu())
+        net, meta = load_model(name)
+        results[name] = evaluate_samples(net, samples, _cpu(), _training_scale(meta, native_scale))
     table = Table(title=f"{dataset} at {root} ({len(samples)} images)")
     table.add_column("model")
     columns = list(next(iter(results.values())))
@@ -141,6 +154,7 @@ def segment(
     model: Annotated[str, typer.Option(help="Shipped model name or checkpoint path.")] = "drive-student",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("segmentations"),
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold for the mask.")] = 0.5,
+    native_scale: NativeScaleOpt = False,
 ) -> None:
     """Segment vessels: writes <stem>_mask.png, <stem>_prob.png and <stem>_overlay.png per image."""
     from .data import read_rgb
@@ -150,12 +164,14 @@ def segment(
     paths = _expand_image_paths(images)
     # Read every image first so a bad file fails before any work is done.
     loaded = [(path, read_rgb(path)) for path in paths]
-    net, _ = load_model(model)
+    net, meta = load_model(model)
     stems = [path.stem for path in paths]
     if len(set(stems)) != len(stems):
         raise MeddistillError("two input images share a file name stem; their outputs would overwrite each other")
     for path, image in loaded:
-        written = segment_to_files(net, image, path.stem, out, threshold=threshold)
+        written = segment_to_files(
+            net, image, path.stem, out, threshold=threshold, fov_diameter_px=_training_scale(meta, native_scale)
+        )
         console.print(f"{path} → {written['mask']}")
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .builders import build_configured_network, build_samples, build_teacher
 from .checkpoint import load_state, load_training_state, save_model, save_training_state
 from .config import ExperimentConfig, OptimizerConfig, ScheduleConfig, config_to_dict, save_config
-from .data import PatchDataset, VesselSample
+from .data import PatchDataset, VesselSample, fov_diameter
 from .distill import METHODS, Distiller, build_distiller
 from .errors import MeddistillError
 from .inference import predict_probability
@@ -100,13 +100,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def evaluate_samples(model: nn.Module, samples: list[VesselSample], device: torch.device) -> dict[str, float]:
-    """Metrics of ``model`` pooled over whole images, inside each image's field of view."""
+def evaluate_samples(
+    model: nn.Module, samples: list[VesselSample], device: torch.device | str, fov_diameter_px: float | None = None
+) -> dict[str, float]:
+    """Metrics of ``model`` pooled over whole images, inside each image's field of view.
+
+    ``fov_diameter_px`` rescales each image to that field-of-view diameter first (see
+    :func:`~meddistill.inference.predict_probability`); metrics are at the original size.
+    """
     accumulator = MetricAccumulator()
     for sample in samples:
-        prob = predict_probability(model, sample.image, sample.fov, device=device)
+        prob = predict_probability(model, sample.image, sample.fov, fov_diameter_px=fov_diameter_px, device=device)
         accumulator.update(prob, sample.vessels, sample.fov)
     return accumulator.compute()
+
+
+def training_fov_diameter(samples: list[VesselSample]) -> float:
+    """Median field-of-view diameter (pixels) of training images: the scale a model learnt."""
+    return float(np.median([fov_diameter(s.fov) for s in samples]))
 
 
 class _Distributed:
@@ -236,6 +247,7 @@ class Trainer:
             "args": self.config.student.args,
             "task": "vessel-segmentation",
             "method": self.config.method.name,
+            "fov_diameter_px": training_fov_diameter(self.train_samples),
             "epoch": epoch,
             "metrics": metrics,
             "config": config_to_dict(self.config),

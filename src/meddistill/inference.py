@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from .data import compute_fov, normalize_image
+from .data import compute_fov, fov_diameter, normalize_image
 from .tasks import SegmentationTask
 
 
@@ -19,25 +20,40 @@ def predict_probability(
     image: np.ndarray,
     fov: np.ndarray | None = None,
     *,
+    fov_diameter_px: float | None = None,
     tile: int = 1024,
     overlap: float = 0.25,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Vessel probability ``(H, W)`` float32 in [0, 1] for an RGB uint8 image ``(H, W, 3)``.
 
-    Images larger than ``tile`` pixels on a side are processed in overlapping tiles
-    blended with Gaussian weights, so memory stays bounded for any image size.
+    With ``fov_diameter_px`` (the training images' field-of-view diameter, in pixels) the
+    image is resized so that its field of view has that diameter, segmented, and the map
+    resized back: vessels then have the widths the network learnt, whatever the camera's
+    resolution. Images larger than ``tile`` pixels on a side are processed in overlapping
+    tiles blended with Gaussian weights, so memory stays bounded for any image size.
     Pixels outside the field of view (computed when ``fov`` is None) get probability 0.
     """
     if fov is None:
         fov = compute_fov(image)
-    x = torch.from_numpy(normalize_image(image, fov)).unsqueeze(0).to(device)
+    height, width = fov.shape
+    scale = fov_diameter_px / fov_diameter(fov) if fov_diameter_px else 1.0
+    if abs(scale - 1.0) > 0.05:  # within 5 % the network sees the widths it was trained on
+        size = (max(16, round(width * scale)), max(16, round(height * scale)))
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        net_image = cv2.resize(image, size, interpolation=interpolation)
+        net_fov = cv2.resize(fov.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    else:
+        net_image, net_fov = image, fov
+    x = torch.from_numpy(normalize_image(net_image, net_fov)).unsqueeze(0).to(device)
     model = model.eval().to(device)
     if max(x.shape[2:]) <= tile:
         logits = model(x)
     else:
         logits = sliding_window_inference(x, (tile, tile), 1, model, overlap=overlap, mode="gaussian")
     prob = SegmentationTask.probabilities(logits)[0].cpu().numpy()
+    if prob.shape != fov.shape:
+        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
     return np.where(fov, prob, 0.0).astype(np.float32)
 
 
@@ -48,13 +64,14 @@ def segment_to_files(
     out_dir: Path,
     *,
     threshold: float = 0.5,
+    fov_diameter_px: float | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
     """Write ``<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (0–255) and ``<stem>_overlay.png``."""
     from .data import write_png
     from .report import overlay
 
-    prob = predict_probability(model, image, device=device)
+    prob = predict_probability(model, image, fov_diameter_px=fov_diameter_px, device=device)
     mask = prob >= threshold
     paths = {kind: out_dir / f"{stem}_{kind}.png" for kind in ("mask", "prob", "overlay")}
     write_png(paths["mask"], (mask * 255).astype(np.uint8))

@@ -12,7 +12,7 @@ from .datasets import (
     load_stare,
     split_samples,
 )
-from .fov import compute_fov
+from .fov import compute_fov, fov_diameter
 from .io import IMAGE_SUFFIXES, read_mask, read_rgb, write_png
 from .patches import PatchDataset, normalize_image
 from .phantom import FundusPhantom, make_fundus_phantom, make_phantom_dataset
@@ -24,6 +24,7 @@ __all__ = [
     "PatchDataset",
     "VesselSample",
     "compute_fov",
+    "fov_diameter",
     "detect_layout",
     "load_chase",
     "load_dataset",

@@ -7,7 +7,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_isodata
 
-__all__ = ["compute_fov"]
+__all__ = ["compute_fov", "fov_diameter"]
 
 # A two-class threshold (ISODATA, like Otsu) of the red channel splits bright retina from dim
 # retina rather than retina from the black surround, and cuts into the dark rim of poorly lit
@@ -46,3 +46,13 @@ def compute_fov(image: np.ndarray) -> np.ndarray:
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     fov = cv2.morphologyEx((labels == largest).astype(np.uint8), cv2.MORPH_CLOSE, kernel)
     return ndimage.binary_fill_holes(fov.astype(bool))
+
+
+def fov_diameter(fov: np.ndarray) -> float:
+    """Diameter of a field of view in pixels: the width of its bounding box.
+
+    The horizontal extent is used because fundus cameras often crop the circular field
+    of view at the top and bottom, never at the sides. Returns 0 for an empty mask.
+    """
+    columns = np.flatnonzero(fov.any(axis=0))
+    return float(columns[-1] - columns[0] + 1) if columns.size else 0.0
