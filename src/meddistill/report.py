@@ -47,7 +47,8 @@ def plot_training_curves(runs: dict[str, Path], out_path: str | Path, metric: st
         if metric in columns:
             ax_metric.plot(columns["epoch"], columns[metric], marker="o", label=label)
     ax_loss.set(xlabel="epoch", ylabel="training loss (sum of terms)", title="training loss")
-    ax_metric.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
+    name = metric.removeprefix("val_")
+    ax_metric.set(xlabel="epoch", ylabel=name, title=f"validation {name}")
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
         ax.legend()
