@@ -137,7 +137,9 @@ def models() -> None:
 
     shipped = shipped_models()
     table = Table(title="shipped models (use with --model NAME)")
-    for column in ("name", "architecture", "method", "trained on", "validation"):
+    # The name is what users copy: never truncate or wrap it.
+    table.add_column("name", no_wrap=True, min_width=max((len(n) for n in shipped), default=4))
+    for column in ("architecture", "method", "trained on", "validation"):
         table.add_column(column)
     for name, meta in shipped.items():
         data = meta.get("config", {}).get("data", {})
