@@ -178,6 +178,7 @@ class Trainer:
         seed_everything(config.seed, config.train.deterministic)
 
         self.train_samples, self.val_samples = build_samples(config.data, config.seed)
+        self.fov_diameter_px = training_fov_diameter(self.train_samples)
         self.dataset = PatchDataset(
             self.train_samples,
             patch_size=config.data.patch_size,
@@ -247,7 +248,7 @@ class Trainer:
             "args": self.config.student.args,
             "task": "vessel-segmentation",
             "method": self.config.method.name,
-            "fov_diameter_px": training_fov_diameter(self.train_samples),
+            "fov_diameter_px": self.fov_diameter_px,
             "epoch": epoch,
             "metrics": metrics,
             "config": config_to_dict(self.config),

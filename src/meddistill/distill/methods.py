@@ -7,6 +7,8 @@ are tapped with forward hooks, so teacher and student networks stay unmodified.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 
@@ -195,7 +197,7 @@ def build_distiller(
     """Build a registered distiller; ``example`` ``(1, C, *spatial)`` sizes any adapters."""
     cls = METHODS.get(name)
     args = dict(args or {})
-    if "example" in cls.__init__.__code__.co_varnames:
+    if "example" in inspect.signature(cls).parameters:
         args["example"] = example
     try:
         return cls(student, teacher, task, **args)
