@@ -109,7 +109,7 @@ def evaluate_segmentation(
     results = {}
     for name in model:
         net, meta = load_model(name)
-        results[name] = evaluate_samples(net, samples, _cpu(), _training_scale(meta, native_scale))
+        results[name] = evaluate_samples(net, samples, "cpu", _training_scale(meta, native_scale))
     table = Table(title=f"{dataset} at {root} ({len(samples)} images)")
     table.add_column("model")
     columns = list(next(iter(results.values())))
@@ -121,12 +121,6 @@ def evaluate_segmentation(
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"dataset": dataset, "root": str(root), "images": len(samples), "results": results}, indent=2))
-
-
-def _cpu():
-    import torch
-
-    return torch.device("cpu")
 
 
 @app.command()

@@ -10,7 +10,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from .data import compute_fov, fov_diameter, normalize_image
+from .data import compute_fov, fov_diameter, normalize_image, write_png
 from .tasks import SegmentationTask
 
 
@@ -68,8 +68,7 @@ def segment_to_files(
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
     """Write ``<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (0–255) and ``<stem>_overlay.png``."""
-    from .data import write_png
-    from .report import overlay
+    from .report import overlay  # imported here: it pulls in matplotlib, which inference alone never needs
 
     prob = predict_probability(model, image, fov_diameter_px=fov_diameter_px, device=device)
     mask = prob >= threshold

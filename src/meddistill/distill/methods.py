@@ -28,6 +28,8 @@ class Distiller(nn.Module):
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, task: SegmentationTask) -> None:
         super().__init__()
+        # Looked up once: the name keys this method's loss term on every training step.
+        self.method_name = next((n for n in METHODS if METHODS.get(n) is type(self)), type(self).__name__)
         if self.needs_teacher and teacher is None:
             raise MeddistillError(f"method '{self.method_name}' needs a teacher in the config")
         self.student = student
@@ -35,10 +37,6 @@ class Distiller(nn.Module):
         # Stored outside the module tree: the teacher is frozen, never saved with the
         # student, and DDP must not try to synchronise it.
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
-
-    @property
-    def method_name(self) -> str:
-        return next((n for n in METHODS if METHODS.get(n) is type(self)), type(self).__name__)
 
     @property
     def teacher(self) -> nn.Module | None:
