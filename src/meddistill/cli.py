@@ -123,6 +123,45 @@ def evaluate_segmentation(
         json_out.write_text(json.dumps({"dataset": dataset, "root": str(root), "images": len(samples), "results": results}, indent=2))
 
 
+@evaluate_app.command("fsd")
+@user_errors
+def evaluate_fsd(
+    run: Annotated[Path, typer.Argument(help="Folder of a finished GKD run (holds its alignment networks).")],
+    dataset: Annotated[str, typer.Option(help="Layout: drive, chase, stare, hrf, folder or auto.")] = "auto",
+    root: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("."),
+    model: Annotated[
+        Optional[list[str]], typer.Option("--model", help="Another student checkpoint to score with the run's SAN (repeatable).")
+    ] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write distances as JSON.")] = None,
+    native_scale: NativeScaleOpt = False,
+) -> None:
+    """Fréchet Semantic Distance of the teacher, the starting student and the distilled student."""
+    from .checkpoint import read_meta
+    from .data import load_dataset
+    from .fsd import frechet_semantic_distance, load_gkd_alignment
+    from .zoo import load_model
+
+    gkd, patch_size = load_gkd_alignment(run)
+    samples = load_dataset(dataset, root)
+    scale = _training_scale(read_meta(run / "best"), native_scale)
+    scored = {"teacher": (gkd.teacher, gkd.teacher_alignment), "student (start)": (gkd.student, gkd.student_alignment),
+              "student (distilled)": (load_model(run / "best")[0], gkd.student_alignment)}
+    scored.update({name: (load_model(name, expect=read_meta(run / "best")["model"])[0], gkd.student_alignment) for name in model or []})
+    results = {
+        name: frechet_semantic_distance(net, header, gkd.autoencoder, samples, patch_size, scale)
+        for name, (net, header) in scored.items()
+    }
+    table = Table(title=f"FSD on {dataset} at {root} ({len(samples)} images), lower is better")
+    table.add_column("network")
+    table.add_column("FSD", justify="right")
+    for name, value in results.items():
+        table.add_row(name, f"{value:.2f}")
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"run": str(run), "dataset": dataset, "root": str(root), "fsd": results}, indent=2))
+
+
 @app.command()
 @user_errors
 def models() -> None:

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .builders import build_configured_network, build_samples, build_teacher
-from .checkpoint import load_state, load_training_state, save_model, save_training_state
+from .checkpoint import load_state, load_training_state, load_weights, save_model, save_training_state
 from .config import ExperimentConfig, OptimizerConfig, ScheduleConfig, config_to_dict, save_config
 from .data import PatchDataset, VesselSample, fov_diameter
 from .distill import METHODS, Distiller, build_distiller
@@ -156,10 +156,6 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _trainable(distiller: Distiller) -> list[nn.Parameter]:
-    return [p for p in distiller.parameters() if p.requires_grad]
-
-
 class Trainer:
     """Train ``config.student`` with ``config.method``; checkpoints go to ``config.run_dir``.
 
@@ -207,6 +203,11 @@ class Trainer:
         method = METHODS.get(config.method.name)  # an unknown method fails before heavy work
         if method.needs_teacher and config.teacher is None:
             raise MeddistillError(f"method '{config.method.name}' needs a 'teacher' section in the config")
+        if method.needs_trained_student and config.student.weights is None:
+            raise MeddistillError(
+                f"method '{config.method.name}' starts from a task-trained student: set student.weights "
+                "to a checkpoint of the student trained with method 'none'"
+            )
         self.student = build_configured_network(config.student)
         teacher = build_teacher(config) if method.needs_teacher else None
         example = self.dataset[0]["image"].unsqueeze(0)
@@ -220,9 +221,11 @@ class Trainer:
         ).to(self.device)
         self.model: nn.Module = self.distiller
         if self.dist.enabled:
-            self.model = nn.parallel.DistributedDataParallel(self.distiller)
+            # Pre-stages train one part at a time, so the rest gets no gradient.
+            unused = bool(self.distiller.pre_stages())
+            self.model = nn.parallel.DistributedDataParallel(self.distiller, find_unused_parameters=unused)
 
-        self.optimizer = build_optimizer(_trainable(self.distiller), config.train.optimizer)
+        self.optimizer = build_optimizer(self.distiller.trainable_parameters(), config.train.optimizer)
         self.schedule = build_schedule(self.optimizer, config.train.schedule, config.train.epochs)
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(enabled=self.autocast_dtype == torch.float16)
@@ -273,9 +276,14 @@ class Trainer:
         if is_best:
             save_model(self.run_dir / "best", self.student, self._model_meta(epoch, metrics))
 
+    def _stage_stem(self, name: str) -> Path:
+        return self.run_dir / f"stage-{name}"
+
     def resume(self) -> None:
         state_path = self.run_dir / "last.state.pt"
         if not state_path.is_file():
+            if any(self._stage_stem(s.name).with_suffix(".json").is_file() for s in self.distiller.pre_stages()):
+                return  # killed during the pre-stages: finished ones are reloaded, the rest retrained
             raise MeddistillError(f"nothing to resume: {state_path} does not exist")
         state = load_training_state(state_path)
         load_state(self.distiller, state["distiller"], str(state_path))
@@ -305,9 +313,12 @@ class Trainer:
         history: list[dict[str, float]] = []
         epochs = self.config.train.epochs
         with self._progress() as bar:
+            self._run_pre_stages(bar, writer)
+            self.distiller.set_stage("distill")
             task = bar.add_task(self.config.name, total=(epochs - self.start_epoch) * len(self.loader))
             for epoch in range(self.start_epoch, epochs):
-                row = self._train_epoch(epoch, bar, task)
+                row = self._train_epoch(epoch, bar, task, self.optimizer, self.config.name)
+                self.schedule.step()
                 metrics = self._validate(epoch)
                 row.update({f"val_{k}": v for k, v in metrics.items()})
                 history.append(row)
@@ -320,7 +331,33 @@ class Trainer:
             writer.close()
         return TrainResult(self.run_dir, self.best_metrics, self.best_epoch, history)
 
-    def _train_epoch(self, epoch: int, bar: Progress, task) -> dict[str, float]:
+    def _run_pre_stages(self, bar: Progress, writer) -> None:
+        """Train each of the method's pre-stages, or reload it when a previous run finished it.
+
+        A stage uses the configured optimizer at a constant learning rate; its losses go to
+        ``stage-<name>.csv`` and TensorBoard, its weights to ``stage-<name>.safetensors``.
+        """
+        for stage in self.distiller.pre_stages():
+            stem = self._stage_stem(stage.name)
+            if stem.with_suffix(".json").is_file():
+                load_weights(stage.module, stem)
+                continue
+            self.distiller.set_stage(stage.name)
+            optimizer = build_optimizer(list(stage.module.parameters()), self.config.train.optimizer)
+            label = f"{self.config.name}:{stage.name}"
+            task = bar.add_task(label, total=stage.epochs * len(self.loader))
+            for epoch in range(stage.epochs):
+                row = self._train_epoch(epoch, bar, task, optimizer, label)
+                if self.dist.is_main:
+                    self._log(row, writer, f"stage-{stage.name}.csv", f"{stage.name}_")
+            if self.dist.is_main:
+                save_model(stem, stage.module, {"stage": stage.name, "method": self.config.method.name,
+                                                "config": config_to_dict(self.config)})
+            self.dist.barrier()
+
+    def _train_epoch(
+        self, epoch: int, bar: Progress, task, optimizer: torch.optim.Optimizer, label: str
+    ) -> dict[str, float]:
         self.model.train()
         self.dataset.set_epoch(epoch)
         self.shuffle_generator.manual_seed(self.config.seed * 100_003 + epoch)
@@ -340,21 +377,21 @@ class Trainer:
                     f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
                     f"the last good checkpoint is kept in {self.run_dir} — lower the learning rate"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             if self.config.train.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(_trainable(self.distiller), self.config.train.grad_clip)
-            self.scaler.step(self.optimizer)
+                self.scaler.unscale_(optimizer)
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                nn.utils.clip_grad_norm_(params, self.config.train.grad_clip)
+            self.scaler.step(optimizer)
             self.scaler.update()
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
             sums["loss"] = sums.get("loss", 0.0) + total.item()
             steps += 1
-            bar.update(task, advance=1, description=f"{self.config.name} e{epoch} loss {total.item():.4f}")
-        self.schedule.step()
+            bar.update(task, advance=1, description=f"{label} e{epoch} loss {total.item():.4f}")
         self.dist.average_buffers(self.distiller)
-        row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         row.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
         return row
 
@@ -383,8 +420,8 @@ class Trainer:
             return True
         return False
 
-    def _log(self, row: dict[str, float], writer) -> None:
-        path = self.run_dir / "metrics.csv"
+    def _log(self, row: dict[str, float], writer, file_name: str = "metrics.csv", tag_prefix: str = "") -> None:
+        path = self.run_dir / file_name
         new_file = not path.exists()
         fields = list(row)
         if not new_file:
@@ -398,7 +435,7 @@ class Trainer:
             out.writerow(row)
         for key, value in row.items():
             if key != "epoch" and isinstance(value, float) and not math.isnan(value):
-                writer.add_scalar(key.replace("_", "/", 1), value, int(row["epoch"]))
+                writer.add_scalar(tag_prefix + key.replace("_", "/", 1), value, int(row["epoch"]))
         writer.flush()
 
     def _tensorboard(self):

@@ -10,7 +10,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from .data import compute_fov, fov_diameter, normalize_image, write_png
+from .data import compute_fov, normalize_image, rescale_to_fov_diameter, write_png
 from .tasks import SegmentationTask
 
 
@@ -37,14 +37,7 @@ def predict_probability(
     if fov is None:
         fov = compute_fov(image)
     height, width = fov.shape
-    scale = fov_diameter_px / fov_diameter(fov) if fov_diameter_px else 1.0
-    if abs(scale - 1.0) > 0.05:  # within 5 % the network sees the widths it was trained on
-        size = (max(16, round(width * scale)), max(16, round(height * scale)))
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        net_image = cv2.resize(image, size, interpolation=interpolation)
-        net_fov = cv2.resize(fov.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    else:
-        net_image, net_fov = image, fov
+    net_image, net_fov, _ = rescale_to_fov_diameter(image, fov, fov_diameter_px)
     x = torch.from_numpy(normalize_image(net_image, net_fov)).unsqueeze(0).to(device)
     model = model.eval().to(device)
     if max(x.shape[2:]) <= tile:

@@ -12,7 +12,7 @@ from .datasets import (
     load_stare,
     split_samples,
 )
-from .fov import compute_fov, fov_diameter
+from .fov import compute_fov, fov_diameter, rescale_to_fov_diameter
 from .io import IMAGE_SUFFIXES, read_mask, read_rgb, write_png
 from .patches import PatchDataset, normalize_image
 from .phantom import FundusPhantom, make_fundus_phantom, make_phantom_dataset
@@ -37,6 +37,7 @@ __all__ = [
     "normalize_image",
     "read_mask",
     "read_rgb",
+    "rescale_to_fov_diameter",
     "split_samples",
     "write_png",
 ]

@@ -7,7 +7,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_isodata
 
-__all__ = ["compute_fov", "fov_diameter"]
+__all__ = ["compute_fov", "fov_diameter", "rescale_to_fov_diameter"]
 
 # A two-class threshold (ISODATA, like Otsu) of the red channel splits bright retina from dim
 # retina rather than retina from the black surround, and cuts into the dark rim of poorly lit
@@ -56,3 +56,24 @@ def fov_diameter(fov: np.ndarray) -> float:
     """
     columns = np.flatnonzero(fov.any(axis=0))
     return float(columns[-1] - columns[0] + 1) if columns.size else 0.0
+
+
+def rescale_to_fov_diameter(
+    image: np.ndarray, fov: np.ndarray, fov_diameter_px: float | None, masks: tuple[np.ndarray, ...] = ()
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """Resize a photo so that its field of view is ``fov_diameter_px`` wide.
+
+    Vessels then have the widths a network learnt at that scale, whatever the camera. Within
+    5 % of the target (or with ``fov_diameter_px`` None) nothing is resized. ``masks`` (bool,
+    same size) are resized with nearest-neighbour interpolation alongside.
+
+    Returns ``(image, fov, masks)`` at the new size.
+    """
+    scale = fov_diameter_px / fov_diameter(fov) if fov_diameter_px else 1.0
+    if abs(scale - 1.0) <= 0.05:
+        return image, fov, masks
+    height, width = fov.shape
+    size = (max(16, round(width * scale)), max(16, round(height * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    nearest = lambda m: cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)  # noqa: E731
+    return cv2.resize(image, size, interpolation=interpolation), nearest(fov), tuple(nearest(m) for m in masks)

@@ -76,3 +76,71 @@ def hint_loss(student_hint: Tensor, teacher_hint: Tensor) -> Tensor:
     The student feature is resized to the teacher's spatial size when they differ.
     """
     return F.mse_loss(_resize_like(student_hint, teacher_hint), teacher_hint)
+
+
+# ---- GKD: dual contrastive graphs over semantic latents (Qi et al., Eqs. 5-8) ----------------
+# ``latents`` are ``(B, V, C)``: per image, view 0 is the anchor and views 1.. its augmented
+# copies, each embedded by an alignment network's encoding header.
+
+
+def _outer(a: Tensor, b: Tensor) -> Tensor:
+    """Similarity map ``aᵀ b`` of two latents: ``(..., C)`` × ``(..., C)`` → ``(..., C, C)``."""
+    return a.unsqueeze(-1) * b.unsqueeze(-2)
+
+
+def _flat_cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine similarity of two stacks of maps ``(..., C, C)``, flattened: → ``(...)``."""
+    return F.cosine_similarity(a.flatten(-2), b.flatten(-2), dim=-1, eps=1e-8)
+
+
+def intra_coupling_graph(latents: Tensor) -> tuple[Tensor, Tensor]:
+    """Intra-coupling graph: one node per coupling (anchor, view i), edges anchor-to-view.
+
+    Nodes ``N_i = s_0ᵀ s_i`` ``(B, V-1, C, C)``; edges ``E_i = cos(N_0, N_i)`` ``(B, V-1)``,
+    where ``N_0 = s_0ᵀ s_0`` is the anchor's own node.
+    """
+    anchor, views = latents[:, :1], latents[:, 1:]
+    nodes = _outer(anchor, views)
+    edges = _flat_cosine(_outer(anchor, anchor), nodes)
+    return nodes, edges
+
+
+def inter_coupling_graph(latents: Tensor) -> tuple[Tensor, Tensor]:
+    """Inter-coupling graph among the augmented views only.
+
+    Nodes ``N_i = s_iᵀ s_i`` ``(B, V-1, C, C)``; edges ``E_ij = cos(N_i, N_j)`` for ``i < j``,
+    ``(B, (V-1)(V-2)/2)``.
+    """
+    views = latents[:, 1:]
+    nodes = _outer(views, views)
+    first, second = torch.triu_indices(views.shape[1], views.shape[1], offset=1, device=latents.device)
+    edges = _flat_cosine(nodes[:, first], nodes[:, second])
+    return nodes, edges
+
+
+def _check_latents(student: Tensor, teacher: Tensor, min_views: int) -> None:
+    if student.shape != teacher.shape or student.dim() != 3:
+        raise ValueError(f"latents must both be (B, V, C), got {tuple(student.shape)} and {tuple(teacher.shape)}")
+    if student.shape[1] < min_views:
+        raise ValueError(f"this graph needs at least {min_views} views per image, got {student.shape[1]}")
+
+
+def intra_graph_loss(student_latents: Tensor, teacher_latents: Tensor) -> Tensor:
+    """Eq. 5: ``mean|N^T - N^S| + mean|E^T - E^S|`` over the intra-coupling graphs."""
+    _check_latents(student_latents, teacher_latents, 2)
+    s_nodes, s_edges = intra_coupling_graph(student_latents)
+    t_nodes, t_edges = intra_coupling_graph(teacher_latents)
+    return (t_nodes - s_nodes).abs().mean() + (t_edges - s_edges).abs().mean()
+
+
+def inter_graph_loss(student_latents: Tensor, teacher_latents: Tensor) -> Tensor:
+    """Eqs. 6-8: ``KL(softmax(N^T) || softmax(N^S)) + mean|E^T - E^S|`` over the inter-coupling graphs.
+
+    The softmax runs along each node's rows; the KL is summed over a row and averaged over rows.
+    """
+    _check_latents(student_latents, teacher_latents, 3)
+    s_nodes, s_edges = inter_coupling_graph(student_latents)
+    t_nodes, t_edges = inter_coupling_graph(teacher_latents)
+    log_s, log_t = F.log_softmax(s_nodes, dim=-1), F.log_softmax(t_nodes, dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1).mean()
+    return kl + (t_edges - s_edges).abs().mean()

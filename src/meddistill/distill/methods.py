@@ -8,6 +8,7 @@ are tapped with forward hooks, so teacher and student networks stay unmodified.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -21,10 +22,24 @@ from .losses import at_loss, fsp_loss, hint_loss, kd_loss
 METHODS: Registry[type["Distiller"]] = Registry("distillation method")
 
 
+@dataclass
+class PreStage:
+    """Training a method needs before distillation proper (e.g. GKD's autoencoder).
+
+    The engine trains ``module`` alone for ``epochs`` with the distiller's ``stage`` set to
+    ``name``, then saves it as ``stage-<name>.safetensors`` in the run folder.
+    """
+
+    name: str
+    module: nn.Module
+    epochs: int
+
+
 class Distiller(nn.Module):
     """Student trained on the task alone (method ``none``): the scratch baseline."""
 
     needs_teacher = False
+    needs_trained_student = False  # True: the config must give student.weights to start from
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, task: SegmentationTask) -> None:
         super().__init__()
@@ -37,6 +52,7 @@ class Distiller(nn.Module):
         # Stored outside the module tree: the teacher is frozen, never saved with the
         # student, and DDP must not try to synchronise it.
         self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None else []
+        self.stage = "distill"
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -46,6 +62,18 @@ class Distiller(nn.Module):
         if self._teacher:
             self._teacher[0].to(*args, **kwargs)
         return super().to(*args, **kwargs)
+
+    def pre_stages(self) -> list[PreStage]:
+        """Stages to train, in order, before the distillation stage; none by default."""
+        return []
+
+    def set_stage(self, stage: str) -> None:
+        """Switch to a pre-stage's name or to ``"distill"``; the engine calls this."""
+        self.stage = stage
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the distillation stage optimises: the student and any adapters."""
+        return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         logits = self.student(batch["image"])
