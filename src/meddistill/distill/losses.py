@@ -144,3 +144,83 @@ def inter_graph_loss(student_latents: Tensor, teacher_latents: Tensor) -> Tensor
     log_s, log_t = F.log_softmax(s_nodes, dim=-1), F.log_softmax(t_nodes, dim=-1)
     kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1).mean()
     return kl + (t_edges - s_edges).abs().mean()
+
+
+# ---- structured and relational baselines (SKD, IFVD, CWD, CoCo) -----------------------------
+
+
+def _pool_to(x: Tensor, size: tuple[int, ...], mode: str = "max") -> Tensor:
+    """Adaptive max (or average) pooling of ``(B, C, *S)`` to ``size``."""
+    dims = x.dim() - 2
+    if mode == "max":
+        return (F.adaptive_max_pool2d if dims == 2 else F.adaptive_max_pool3d)(x, size)
+    return (F.adaptive_avg_pool2d if dims == 2 else F.adaptive_avg_pool3d)(x, size)
+
+
+def pairwise_affinity(feature: Tensor) -> Tensor:
+    """Cosine similarity between all pairs of positions: ``(B, C, *S)`` → ``(B, N, N)``, N = prod(S)."""
+    nodes = F.normalize(feature.flatten(2), dim=1, eps=1e-8)
+    return torch.bmm(nodes.transpose(1, 2), nodes)
+
+
+def pairwise_loss(student_feature: Tensor, teacher_feature: Tensor, grid: int = 16) -> Tensor:
+    """SKD pair-wise term: both features max-pooled to ``grid`` per axis, MSE of their affinity matrices."""
+    size = (grid,) * (teacher_feature.dim() - 2)
+    student = pairwise_affinity(_pool_to(student_feature, size))
+    teacher = pairwise_affinity(_pool_to(teacher_feature, size))
+    return (student - teacher).pow(2).mean()
+
+
+def class_variation_map(feature: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """IFVD: cosine similarity of every pixel's feature to its class prototype.
+
+    ``feature`` ``(B, C, *S)``; ``labels`` ``(B, *L)`` integers, nearest-resized to ``S``. The
+    prototype of a class is the mean feature over its pixels in that image. Returns ``(B, *S)``.
+    """
+    labels = F.interpolate(labels[:, None].float(), size=feature.shape[2:], mode="nearest")[:, 0].long()
+    one_hot = F.one_hot(labels, num_classes).movedim(-1, 1).float().flatten(2)  # (B, K, N)
+    flat = feature.flatten(2)  # (B, C, N)
+    prototypes = torch.bmm(flat, one_hot.transpose(1, 2)) / one_hot.sum(2).clamp_min(1).unsqueeze(1)  # (B, C, K)
+    own = torch.gather(prototypes, 2, labels.flatten(1).unsqueeze(1).expand(-1, flat.shape[1], -1))  # (B, C, N)
+    return F.cosine_similarity(flat, own, dim=1, eps=1e-8).view(labels.shape)
+
+
+def ifv_loss(student_feature: Tensor, teacher_feature: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """IFVD: MSE between student and teacher intra-class feature-variation maps (student resized to the teacher)."""
+    student = class_variation_map(_resize_like(student_feature, teacher_feature), labels, num_classes)
+    return (student - class_variation_map(teacher_feature, labels, num_classes)).pow(2).mean()
+
+
+def cwd_loss(student_map: Tensor, teacher_map: Tensor, temperature: float = 4.0) -> Tensor:
+    """Channel-wise distillation (Shu et al.): per channel, softmax over positions at temperature τ;
+    ``KL(teacher || student)`` summed over positions, times ``τ² / (B·C)``."""
+    if student_map.shape != teacher_map.shape:
+        raise ValueError(f"CWD needs equal shapes, got {tuple(student_map.shape)} and {tuple(teacher_map.shape)}")
+    log_s = F.log_softmax(student_map.flatten(2) / temperature, dim=2)
+    log_t = F.log_softmax(teacher_map.flatten(2) / temperature, dim=2)
+    batch, channels = student_map.shape[:2]
+    return (log_t.exp() * (log_t - log_s)).sum() * temperature**2 / (batch * channels)
+
+
+def cross_layer_correlation(shallow: Tensor, deep: Tensor) -> Tensor:
+    """CoCo-style cross-layer correlation: the product of two layers' spatial affinity matrices.
+
+    ``shallow`` is average-pooled to ``deep``'s size; returns ``A_shallow · A_deep / N`` ``(B, N, N)``.
+    """
+    shallow = _pool_to(shallow, tuple(deep.shape[2:]), mode="avg")
+    a, b = pairwise_affinity(shallow), pairwise_affinity(deep)
+    return torch.bmm(a, b) / a.shape[-1]
+
+
+def coco_loss(student_pair: tuple[Tensor, Tensor], teacher_pair: tuple[Tensor, Tensor]) -> Tensor:
+    """MSE of student and teacher cross-layer correlations; the student pair is resized to the teacher's."""
+    student = tuple(_resize_like(s, t) for s, t in zip(student_pair, teacher_pair))
+    return (cross_layer_correlation(*student) - cross_layer_correlation(*teacher_pair)).pow(2).mean()
+
+
+def gradient_penalty(critic, real: Tensor, fake: Tensor) -> Tensor:
+    """WGAN-GP (Gulrajani et al.): ``E[(‖∇D(x̂)‖₂ - 1)²]`` at random interpolates ``x̂`` of real and fake."""
+    alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
