@@ -123,6 +123,19 @@ def evaluate_segmentation(
         json_out.write_text(json.dumps({"dataset": dataset, "root": str(root), "images": len(samples), "results": results}, indent=2))
 
 
+@app.command()
+@user_errors
+def experiment(
+    grid: Annotated[Path, typer.Argument(help="Grid YAML: teacher and student configs, students, methods, targets.")],
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Train missing runs first (partial ones resume).")] = True,
+    cost: Annotated[bool, typer.Option("--cost/--no-cost", help="Measure params, GFLOPs and CPU latency (needs a quiet machine).")] = True,
+) -> None:
+    """Cross-domain grid: train on a source dataset, test on targets, write the table and figures."""
+    from .experiment import run_grid
+
+    console.print(run_grid(grid, train=train, with_cost=cost))
+
+
 @evaluate_app.command("fsd")
 @user_errors
 def evaluate_fsd(

@@ -126,11 +126,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise MeddistillError(f"{where}: expected a mapping, got {value!r}")
-        return _build(tp, value, where)
+        return build_dataclass(tp, value, where)
     if origin is dict:
         if not isinstance(value, dict):
             raise MeddistillError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        value_type = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        return {k: _coerce(v, value_type, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise MeddistillError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool):
@@ -142,7 +148,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Validate nested dicts against dataclass ``cls`` (unknown keys name the nearest valid one)."""
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -158,7 +165,7 @@ def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
     """Build and validate an :class:`ExperimentConfig` from plain nested dicts."""
     if not isinstance(values, dict):
         raise MeddistillError("a config must be a YAML mapping at the top level")
-    return _build(ExperimentConfig, values, "")
+    return build_dataclass(ExperimentConfig, values)
 
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
@@ -181,18 +188,22 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment config, apply overrides and validate it."""
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a missing file or a syntax error is a one-line :class:`MeddistillError`."""
     path = Path(path)
     if not path.is_file():
         raise MeddistillError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark else ""
         raise MeddistillError(f"config {path} is not valid YAML{line}") from None
-    return config_from_dict(apply_overrides(values, overrides or []))
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, apply overrides and validate it."""
+    return config_from_dict(apply_overrides(read_yaml(path), overrides or []))
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:

@@ -1,0 +1,315 @@
+"""Cross-domain experiment grids: train on one dataset, test on others, one table.
+
+``meddistill experiment GRID.yaml`` trains (or resumes) the teacher and every student ×
+method run of a grid, evaluates each run on the held-out images of its source dataset and
+on every target dataset, and writes one table: Se, Acc, AUC, F1 and mIoU per dataset, the
+GAP (source − target) per target, the Fréchet Semantic Distance of GKD runs, and parameters,
+GFLOPs and CPU latency; as Markdown and CSV, with side-by-side figures.
+
+Every training run is an ordinary CLI call, printed before it starts, so any row can be
+reproduced on its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .builders import build_samples
+from .config import ExperimentConfig, build_dataclass, load_config, read_yaml
+from .cost import measure_cost
+from .data import VesselSample, load_dataset
+from .distill import METHODS, GKDDistiller
+from .engine import evaluate_samples
+from .errors import MeddistillError
+from .fsd import frechet_semantic_distance, load_gkd_alignment
+from .inference import predict_probability
+from .report import overlay, plot_panels
+from .zoo import load_model
+
+METRICS = {"sensitivity": "Se", "accuracy": "Acc", "auc": "AUC", "f1": "F1", "miou": "mIoU"}
+
+
+@dataclass
+class TargetConfig:
+    """An unseen dataset the grid is tested on."""
+
+    dataset: str = "auto"
+    root: str = "."
+
+
+@dataclass
+class VariantConfig:
+    """One row of the grid: a distillation method and its arguments."""
+
+    method: str = "none"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GridConfig:
+    """A cross-domain grid: one teacher, students × methods, tested on the source and targets."""
+
+    name: str = "grid"  # run names: <name>-<student>-<row>
+    teacher: str = ""  # experiment config of the teacher (trained with method none)
+    student: str = ""  # experiment config every student run starts from: source data, schedule
+    students: list[str] = field(default_factory=lambda: ["mobilenetv2_unet"])
+    methods: dict[str, VariantConfig] = field(default_factory=lambda: {"none": VariantConfig()})
+    targets: dict[str, TargetConfig] = field(default_factory=dict)
+    out: str = "results/grid"
+    jobs: int = 1  # training runs at a time
+    threads: int = 1  # CPU threads for the latency column
+    cost_size: int = 512  # square input size for params, GFLOPs and latency
+
+
+@dataclass
+class Run:
+    """One training run of the grid."""
+
+    label: str  # row label in the table
+    command: list[str]
+    config: ExperimentConfig
+    variant: VariantConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_dir
+
+
+def load_grid(path: str | Path) -> GridConfig:
+    grid = build_dataclass(GridConfig, read_yaml(path))
+    if "none" not in grid.methods or grid.methods["none"].method != "none":
+        raise MeddistillError("a grid needs a 'none' row (method: none): the scratch students it compares against")
+    for label, variant in grid.methods.items():
+        METHODS.get(variant.method)  # an unknown method fails now, naming the nearest one
+    if not grid.teacher or not grid.student:
+        raise MeddistillError("a grid needs 'teacher' and 'student' experiment configs")
+    return grid
+
+
+def _cli(verb: str, config: str, overrides: dict[str, Any]) -> list[str]:
+    sets = [item for key, value in overrides.items() for item in ("--set", f"{key}={json.dumps(value)}")]
+    return [sys.executable, "-m", "meddistill", verb, config, "--no-progress", *sets]
+
+
+def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
+    """The teacher run and the student runs, scratch runs first (GKD starts from them)."""
+    teacher_config = load_config(grid.teacher)
+    teacher = Run("teacher", _cli("train", grid.teacher, {}), teacher_config, VariantConfig())
+    teacher_net = {
+        "teacher.name": teacher_config.student.name,
+        "teacher.args": teacher_config.student.args,
+        "teacher.weights": str(teacher_config.run_dir / "best"),
+    }
+    students = []
+    output = Path(load_config(grid.student).output)
+    for student in grid.students:
+        scratch_dir = output / f"{grid.name}-{student}-none"
+        rows = ["none"] + [row for row in grid.methods if row != "none"]  # the scratch row leads each block
+        for row in rows:
+            variant = grid.methods[row]
+            overrides: dict[str, Any] = {
+                "name": f"{grid.name}-{student}-{row}",
+                "student.name": student,
+                "method.name": variant.method,
+                "method.args": variant.args,
+            }
+            method = METHODS.get(variant.method)
+            if method.needs_teacher:
+                overrides.update(teacher_net)
+            if method.needs_trained_student:
+                overrides["student.weights"] = str(scratch_dir / "best")
+            overrides_list = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+            config = load_config(grid.student, overrides_list)
+            verb = "distill" if method.needs_teacher else "train"
+            students.append(Run(f"{student} / {row}", _cli(verb, grid.student, overrides), config, variant))
+    return teacher, students
+
+
+def run_state(run_dir: Path, epochs: int) -> str:
+    """``done``, ``partial`` (resumable) or ``missing``."""
+    meta = run_dir / "last.json"
+    if not meta.is_file():
+        return "partial" if list(run_dir.glob("stage-*.json")) else "missing"
+    return "done" if json.loads(meta.read_text())["epoch"] >= epochs - 1 else "partial"
+
+
+def train_runs(runs: list[Run], parallel: int) -> None:
+    """Run training commands ``parallel`` at a time, in order, resuming partial runs.
+
+    A run whose method starts from a trained student waits until every scratch run is done.
+    Each run's output goes to ``<output>/<name>.log``.
+    """
+    pending = [r for r in runs if run_state(r.run_dir, r.config.train.epochs) != "done"]
+    pending.sort(key=lambda r: METHODS.get(r.variant.method).needs_trained_student)  # stable: scratch runs first
+    running: list[tuple[Run, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            if METHODS.get(pending[0].variant.method).needs_trained_student and any(
+                not METHODS.get(r.variant.method).needs_trained_student for r, _ in running
+            ):
+                break
+            run = pending.pop(0)
+            command = run.command + (["--resume"] if run_state(run.run_dir, run.config.train.epochs) == "partial" else [])
+            run.run_dir.parent.mkdir(parents=True, exist_ok=True)
+            print("$ meddistill", " ".join(command[3:]), flush=True)
+            with open(run.run_dir.parent / f"{run.config.name}.log", "a") as log:
+                running.append((run, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(1)
+        for item in list(running):
+            run, process = item
+            if process.poll() is not None:
+                running.remove(item)
+                if process.returncode != 0:
+                    raise MeddistillError(
+                        f"training {run.config.name} failed (exit {process.returncode}); see {run.run_dir.parent / run.config.name}.log"
+                    )
+                print(f"finished {run.config.name}", flush=True)
+
+
+def _datasets(grid: GridConfig, source: ExperimentConfig) -> dict[str, list[VesselSample]]:
+    _, held_out = build_samples(source.data, source.seed)
+    if not held_out:
+        raise MeddistillError("the student config holds out no source images (data.val_fraction is 0)")
+    datasets = {f"{source.data.dataset} (held-out)": held_out}
+    datasets.update({name: load_dataset(t.dataset, t.root) for name, t in grid.targets.items()})
+    return datasets
+
+
+def evaluate_runs(
+    grid: GridConfig, teacher: Run, students: list[Run], out: Path, with_cost: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Metrics per dataset (cached in ``out/metrics.json``), FSD of GKD runs, and cost."""
+    datasets = _datasets(grid, students[0].config)
+    cache_path = out / "metrics.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    results: dict[str, dict[str, Any]] = {}
+    for run in [teacher, *students]:
+        if run_state(run.run_dir, run.config.train.epochs) != "done":
+            print(f"skipping {run.label}: run not finished", flush=True)
+            continue
+        net, meta = load_model(run.run_dir / "best")
+        key = f"{run.run_dir}@{meta['epoch']}"
+        entry = cache.get(key, {})
+        for name, samples in datasets.items():
+            if name not in entry:
+                entry[name] = evaluate_samples(net, samples, "cpu", meta.get("fov_diameter_px"))
+                cache[key] = entry
+                out.mkdir(parents=True, exist_ok=True)
+                cache_path.write_text(json.dumps(cache, indent=2))
+                print(run.label, name, json.dumps(entry[name]), flush=True)
+        results[run.label] = {"run": run, "metrics": entry, "model": meta["model"], "fov": meta.get("fov_diameter_px")}
+        if METHODS.get(run.variant.method) is GKDDistiller:
+            results[run.label]["fsd"] = _fsd(run, net, datasets, meta.get("fov_diameter_px"))
+    if with_cost:
+        costs: dict[str, Any] = {}
+        for result in results.values():
+            run = result["run"]
+            architecture = json.dumps([run.config.student.name, run.config.student.args])
+            if architecture not in costs:
+                net = load_model(run.run_dir / "best")[0]
+                costs[architecture] = measure_cost(net, (1, 3, grid.cost_size, grid.cost_size), threads=grid.threads, repeats=10)
+            result["cost"] = costs[architecture]
+    return results
+
+
+def _fsd(run: Run, student, datasets: dict[str, list[VesselSample]], fov: float | None) -> dict[str, dict[str, float]]:
+    """FSD of the distilled student and of the scratch student it started from, per dataset."""
+    gkd, patch = load_gkd_alignment(run.run_dir)
+    score = lambda net, samples: frechet_semantic_distance(net, gkd.student_alignment, gkd.autoencoder, samples, patch, fov)  # noqa: E731
+    return {name: {"distilled": score(student, s), "start": score(gkd.student, s)} for name, s in datasets.items()}
+
+
+def _table_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the grid table; the first dataset is the source."""
+    first = next(iter(results.values()))["metrics"]
+    names = list(first)
+    source, targets = names[0], names[1:]
+    header = ["model / method"]
+    for short in METRICS.values():
+        header += [f"{short} {n}" for n in names] + [f"{short} GAP {t}" for t in targets]
+    header += [f"FSD {n}" for n in names] + ["params (M)", "GFLOPs", "CPU ms"]
+    # A scratch student's FSD is measured through the SAN of the GKD run that started from it.
+    start_fsd = {}
+    for label, result in results.items():
+        if "fsd" in result:
+            scratch = label.split(" / ")[0] + " / none"
+            start_fsd.setdefault(scratch, {n: v["start"] for n, v in result["fsd"].items()})
+    rows = []
+    for label, result in results.items():
+        m = result["metrics"]
+        row = [label]
+        for metric in METRICS:
+            row += [f"{m[n][metric]:.4f}" for n in names]
+            row += [f"{m[source][metric] - m[t][metric]:.4f}" for t in targets]
+        fsd = {n: v["distilled"] for n, v in result["fsd"].items()} if "fsd" in result else start_fsd.get(label, {})
+        row += [f"{fsd[n]:.2f}" if n in fsd else "" for n in names]
+        cost = result.get("cost")
+        row += [f"{cost.params / 1e6:.3f}", f"{cost.gflops:.2f}", f"{cost.latency_ms:.0f}"] if cost else ["", "", ""]
+        rows.append(row)
+    return header, rows
+
+
+def write_table(results: dict[str, dict[str, Any]], out: Path, grid: GridConfig) -> str:
+    """Write ``results.md`` and ``results.csv``; returns the Markdown."""
+    header, rows = _table_rows(results)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "results.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    lines = [
+        f"Grid `{grid.name}`: every model is trained on the source's training split and tested on its held-out "
+        "split and on each target dataset, rescaled to the training field-of-view diameter. GAP = source − target "
+        f"(lower is better). FSD: Fréchet Semantic Distance through the GKD run's alignment networks (lower is better). "
+        f"Cost at 1×3×{grid.cost_size}×{grid.cost_size}, {grid.threads} CPU thread(s).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    markdown = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(markdown)
+    return markdown
+
+
+def write_figures(results: dict[str, dict[str, Any]], datasets: dict[str, list[VesselSample]], out: Path) -> list[Path]:
+    """One figure per dataset: its first image, the truth, and every model's mask side by side."""
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, samples in datasets.items():
+        sample = samples[0]
+        panels = {"image": sample.image, "truth": sample.vessels.astype(np.uint8) * 255}
+        for label, result in results.items():
+            net = load_model(result["run"].run_dir / "best")[0]
+            prob = predict_probability(net, sample.image, sample.fov, fov_diameter_px=result["fov"])
+            panels[label] = overlay(sample.image, prob >= 0.5, sample.vessels)
+        path = figures / f"{''.join(c if c.isalnum() else '_' for c in name)}.png"
+        plot_panels(panels, path, columns=min(len(panels), 5))
+        written.append(path)
+    return written
+
+
+def run_grid(path: str | Path, train: bool = True, with_cost: bool = True) -> str:
+    """Train (unless ``train`` is False), evaluate and report a grid; returns the Markdown table."""
+    grid = load_grid(path)
+    teacher, students = plan_runs(grid)
+    if train:
+        train_runs([teacher], 1)
+        train_runs(students, grid.jobs)
+    out = Path(grid.out)
+    results = evaluate_runs(grid, teacher, students, out, with_cost)
+    if not results:
+        raise MeddistillError("no finished runs to report yet")
+    markdown = write_table(results, out, grid)
+    write_figures(results, _datasets(grid, students[0].config), out)
+    return markdown
