@@ -95,7 +95,7 @@ def distill(config: ConfigArg, set_: SetOpt = None, resume: ResumeOpt = False, p
 @user_errors
 def evaluate_segmentation(
     model: Annotated[list[str], typer.Option("--model", help="Shipped model name or checkpoint path (repeatable).")],
-    dataset: Annotated[str, typer.Option(help="Layout: drive, chase, stare, hrf, folder or auto.")] = "auto",
+    dataset: Annotated[str, typer.Option(help="Layout: drive, chase, stare, hrf, chaos, lits, folder or auto.")] = "auto",
     root: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("."),
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics as JSON.")] = None,
     native_scale: NativeScaleOpt = False,
@@ -140,7 +140,7 @@ def experiment(
 @user_errors
 def evaluate_fsd(
     run: Annotated[Path, typer.Argument(help="Folder of a finished GKD run (holds its alignment networks).")],
-    dataset: Annotated[str, typer.Option(help="Layout: drive, chase, stare, hrf, folder or auto.")] = "auto",
+    dataset: Annotated[str, typer.Option(help="Layout: drive, chase, stare, hrf, chaos, lits, folder or auto.")] = "auto",
     root: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("."),
     model: Annotated[
         Optional[list[str]], typer.Option("--model", help="Another student checkpoint to score with the run's SAN (repeatable).")

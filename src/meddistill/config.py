@@ -33,7 +33,7 @@ class NetworkConfig:
 class DataConfig:
     """Where images come from and how training patches are drawn."""
 
-    dataset: str = "phantom"  # phantom | drive | chase | stare | hrf | folder | auto
+    dataset: str = "phantom"  # phantom | drive | chase | stare | hrf | chaos | lits | folder | auto
     root: str | None = None
     val_fraction: float = 0.2
     phantom_count: int = 12

@@ -45,8 +45,9 @@ class VesselSample:
 
     name: str
     image: np.ndarray  # (H, W, 3) uint8
-    vessels: np.ndarray  # (H, W) bool
+    vessels: np.ndarray  # (H, W) bool: the foreground class (the liver, for CT slices)
     fov: np.ndarray  # (H, W) bool
+    subject: str = ""  # images of one subject stay on one side of a split; "" = the image alone
 
 
 _SUFFIXES = IMAGE_SUFFIXES + tuple(s + ".gz" for s in IMAGE_SUFFIXES)
@@ -216,6 +217,16 @@ DATASET_LOADERS: dict[str, Callable[..., list[VesselSample]]] = {
 }
 
 
+def _register_ct_loaders() -> None:
+    # ct.py builds on this module, so its loaders join the table once both exist.
+    from .ct import load_chaos, load_lits
+
+    DATASET_LOADERS.update(chaos=load_chaos, lits=load_lits)
+
+
+_register_ct_loaders()
+
+
 def detect_layout(root: str | Path) -> str:
     """Name the :data:`DATASET_LOADERS` entry whose layout the files in ``root`` follow."""
     root = _check_root(root, "dataset")
@@ -230,9 +241,14 @@ def detect_layout(root: str | Path) -> str:
         return "folder"
     if _images(root, "Image_*_1stHO.*"):
         return "chase"
+    if any((p / "DICOM_anon").is_dir() for p in root.iterdir() if p.is_dir()):
+        return "chaos"
+    if list(root.glob("volume-*.nii*")):
+        return "lits"
     raise MeddistillError(
         f"cannot tell the dataset layout of {root}: expected DRIVE (training/images/), STARE (stare-images/), "
-        "HRF (images/ + manual1/), CHASE_DB1 (Image_01L.jpg + Image_01L_1stHO.png) or images/ + masks/"
+        "HRF (images/ + manual1/), CHASE_DB1 (Image_01L.jpg + Image_01L_1stHO.png), CHAOS CT "
+        "(<patient>/DICOM_anon/), LiTS (volume-<n>.nii) or images/ + masks/"
     )
 
 
@@ -262,11 +278,12 @@ def split_samples(
         seed: seed of the shuffle.
         group: maps a sample name to a group kept on one side, e.g. the subject, so the two
             eyes of a CHASE_DB1 child (``Image_01L``, ``Image_01R``) do not straddle the split:
-            ``group=lambda name: name[:-1]``. Default: each image is its own group.
+            ``group=lambda name: name[:-1]``. Default: the sample's ``subject`` (slices of one
+            CT patient), else the image alone.
     """
     if not 0 <= val_fraction < 1:
         raise MeddistillError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    keys = [group(s.name) if group else s.name for s in samples]
+    keys = [group(s.name) if group else (s.subject or s.name) for s in samples]
     groups = sorted(set(keys))
     n_val = round(len(groups) * val_fraction)
     if val_fraction > 0:

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import MeddistillError
 
-__all__ = ["IMAGE_SUFFIXES", "read_mask", "read_rgb", "write_png"]
+__all__ = ["IMAGE_SUFFIXES", "read_grey", "read_mask", "read_rgb", "write_png"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".ppm", ".pgm", ".pbm", ".bmp")
 """Lower-case suffixes :func:`read_rgb` and :func:`read_mask` accept, each also with ``.gz``."""
@@ -110,6 +110,16 @@ def read_rgb(path: str | Path) -> np.ndarray:
     if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise MeddistillError(f"{path} has an unsupported pixel layout {array.shape}; save it as 8-bit RGB")
     return np.ascontiguousarray(array)
+
+
+def read_grey(path: str | Path) -> np.ndarray:
+    """Read an 8-bit single-channel image (e.g. an exported CT slice) as a (H, W) uint8 array."""
+    path = Path(path)
+    array, bits = _decode(path)
+    _check_depth(array, bits, path, "save it as an 8-bit grey image")
+    if array.ndim != 2:
+        raise MeddistillError(f"{path} has {array.shape[-1]} channels; a grey slice must have one")
+    return np.ascontiguousarray(array.astype(np.uint8))
 
 
 def read_mask(
