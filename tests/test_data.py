@@ -205,6 +205,9 @@ def test_load_chase(tmp_path):
     _check(load_chase(tmp_path), truth, exact_image=False, fov_iou=0.8)  # JPEG blurs the tiny disc edge
     second = load_dataset("auto", tmp_path, observer="2ndHO")
     np.testing.assert_array_equal(second[0].vessels, ~truth["Image_01L"][1] & truth["Image_01L"][2])
+    assert {s.subject for s in second} == {"Image_01"}  # one child's two eyes stay on one side of a split
+    with pytest.raises(MeddistillError, match="cannot split 1 image"):
+        split_samples(second, 0.5, seed=0)
     with pytest.raises(MeddistillError, match="unknown CHASE_DB1 observer '1stH0' \\(did you mean '1stHO'\\?\\)"):
         load_chase(tmp_path, observer="1stH0")
 

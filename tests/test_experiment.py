@@ -65,6 +65,12 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
     # a second call finds every run done and every metric cached
     again = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"])
     assert again.exit_code == 0 and "$ meddistill" not in again.output
+    # a finished run trained with other settings is never silently reused
+    student = yaml.safe_load((tmp_path / "student.yaml").read_text())
+    student["train"]["epochs"] = 2
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(student))
+    changed = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"])
+    assert changed.exit_code == 2 and "holds a run with other settings (train.epochs: 1 there, 2 here)" in changed.output
 
 
 def test_grid_mistakes_are_one_line_errors(grid, tmp_path):

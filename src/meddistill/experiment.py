@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .builders import build_samples
-from .config import ExperimentConfig, build_dataclass, load_config, read_yaml
+from .config import ExperimentConfig, build_dataclass, config_to_dict, load_config, read_yaml
 from .cost import measure_cost
 from .data import VesselSample, load_dataset
 from .distill import METHODS, GKDDistiller
@@ -142,12 +142,34 @@ def run_state(run_dir: Path, epochs: int) -> str:
     return "done" if json.loads(meta.read_text())["epoch"] >= epochs - 1 else "partial"
 
 
+def _differences(saved: Any, planned: Any, where: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(planned, dict):
+        keys = list(dict.fromkeys([*saved, *planned]))
+        return [d for k in keys for d in _differences(saved.get(k), planned.get(k), f"{where}.{k}" if where else k)]
+    return [] if saved == planned else [f"{where}: {saved!r} there, {planned!r} here"]
+
+
+def check_run_config(run: Run) -> None:
+    """A run folder that exists must hold this grid's run, not one trained with other settings."""
+    saved = run.run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    differences = _differences(config_to_dict(load_config(saved)), config_to_dict(run.config))
+    if differences:
+        raise MeddistillError(
+            f"{run.run_dir} holds a run with other settings ({differences[0]}); "
+            "move it away or give the grid another name"
+        )
+
+
 def train_runs(runs: list[Run], parallel: int) -> None:
     """Run training commands ``parallel`` at a time, in order, resuming partial runs.
 
     A run whose method starts from a trained student waits until every scratch run is done.
     Each run's output goes to ``<output>/<name>.log``.
     """
+    for run in runs:
+        check_run_config(run)
     pending = [r for r in runs if run_state(r.run_dir, r.config.train.epochs) != "done"]
     pending.sort(key=lambda r: METHODS.get(r.variant.method).needs_trained_student)  # stable: scratch runs first
     running: list[tuple[Run, subprocess.Popen]] = []
@@ -196,6 +218,7 @@ def evaluate_runs(
         if run_state(run.run_dir, run.config.train.epochs) != "done":
             print(f"skipping {run.label}: run not finished", flush=True)
             continue
+        check_run_config(run)
         net, meta = load_model(run.run_dir / "best")
         key = f"{run.run_dir}@{meta['epoch']}"
         entry = cache.get(key, {})

@@ -134,6 +134,8 @@ def load_drive(root: str | Path, split: str = "training") -> list[VesselSample]:
 def load_chase(root: str | Path, observer: str = "1stHO") -> list[VesselSample]:
     """Load CHASE_DB1: ``Image_01L.jpg`` with ``Image_01L_1stHO.png`` in one folder; FOV computed.
 
+    The two eyes of a child share a ``subject`` (``Image_01``), so splits keep them together.
+
     Args:
         root: the CHASE_DB1 folder.
         observer: ``"1stHO"`` or ``"2ndHO"``, whose annotation to use.
@@ -143,7 +145,10 @@ def load_chase(root: str | Path, observer: str = "1stHO") -> list[VesselSample]:
     paths = [p for p in _images(root, "Image_*") if "_" not in _stem(p).removeprefix("Image_")]
     if not paths:
         raise MeddistillError(f"no CHASE_DB1 images found under {root} (expected {root}/Image_01L.jpg)")
-    return [_sample(_stem(p), p, _find(root, f"{_stem(p)}_{observer}"), None) for p in paths]
+    samples = [_sample(_stem(p), p, _find(root, f"{_stem(p)}_{observer}"), None) for p in paths]
+    for sample in samples:
+        sample.subject = sample.name[:-1]  # Image_01L and Image_01R: one child
+    return samples
 
 
 def load_stare(root: str | Path, observer: str = "ah") -> list[VesselSample]:
