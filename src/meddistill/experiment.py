@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -58,7 +60,7 @@ class VariantConfig:
 class GridConfig:
     """A cross-domain grid: one teacher, students × methods, tested on the source and targets."""
 
-    name: str = "grid"  # run names: <name>-<student>-<row>
+    name: str = "grid"  # run names: <name>-<student>-<row>, the row label made folder-safe
     teacher: str = ""  # experiment config of the teacher (trained with method none)
     student: str = ""  # experiment config every student run starts from: source data, schedule
     students: list[str] = field(default_factory=lambda: ["mobilenetv2_unet"])
@@ -100,6 +102,11 @@ def _cli(verb: str, config: str, overrides: dict[str, Any]) -> list[str]:
     return [sys.executable, "-m", "meddistill", verb, config, "--no-progress", *sets]
 
 
+def _slug(label: str) -> str:
+    """``gkd + intra`` → ``gkd-intra``: a row label made safe for a folder name."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
+
+
 def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
     """The teacher run and the student runs, scratch runs first (GKD starts from them)."""
     teacher_config = load_config(grid.teacher)
@@ -117,7 +124,7 @@ def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
         for row in rows:
             variant = grid.methods[row]
             overrides: dict[str, Any] = {
-                "name": f"{grid.name}-{student}-{row}",
+                "name": f"{grid.name}-{student}-{_slug(row)}",
                 "student.name": student,
                 "method.name": variant.method,
                 "method.args": variant.args,
@@ -171,18 +178,18 @@ def train_runs(runs: list[Run], parallel: int) -> None:
     for run in runs:
         check_run_config(run)
     pending = [r for r in runs if run_state(r.run_dir, r.config.train.epochs) != "done"]
-    pending.sort(key=lambda r: METHODS.get(r.variant.method).needs_trained_student)  # stable: scratch runs first
+    pending.sort(key=lambda r: r.variant.method != "none")  # stable: scratch runs first, others keep their order
     running: list[tuple[Run, subprocess.Popen]] = []
     while pending or running:
         while pending and len(running) < parallel:
             if METHODS.get(pending[0].variant.method).needs_trained_student and any(
-                not METHODS.get(r.variant.method).needs_trained_student for r, _ in running
+                r.variant.method == "none" for r, _ in running
             ):
-                break
+                break  # it starts from a scratch run that is still training
             run = pending.pop(0)
             command = run.command + (["--resume"] if run_state(run.run_dir, run.config.train.epochs) == "partial" else [])
             run.run_dir.parent.mkdir(parents=True, exist_ok=True)
-            print("$ meddistill", " ".join(command[3:]), flush=True)
+            print("$ meddistill", shlex.join(command[3:]), flush=True)
             with open(run.run_dir.parent / f"{run.config.name}.log", "a") as log:
                 running.append((run, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)))
         time.sleep(1)
