@@ -70,6 +70,9 @@ def test_views():
     assert views.shape == (2, 5, 3, 16, 16)
     with pytest.raises(MeddistillError, match="unknown view 'rotate'"):
         make_views(ones, ["rotate"])
+    assert make_views(torch.zeros(1, 1, 64, 64), ["noise"], {"noise": {"std": 0.5}})[:, 1].std().item() == pytest.approx(0.5, rel=0.1)
+    with pytest.raises(MeddistillError, match="bad view arguments"):
+        make_views(ones, ["noise"], {"noise": {"sigma": 1.0}})
 
 
 @pytest.mark.parametrize("spatial_dims, size", [(2, (32, 32)), (3, (16, 16, 16))])

@@ -135,6 +135,8 @@ class GKDDistiller(Distiller):
             weight drops the term (the ablation rows).
         regularization_weight: λ of Eq. 4 (0.5).
         views: perturbations for the graphs (cutout, sobel, noise, blur).
+        view_args: keyword arguments per view (defaults: cutout ``fraction`` 0.25 of each side,
+            noise ``std`` 0.2, blur ``sigma`` 1.5 px; the paper gives no values).
         autoencoder_epochs, alignment_epochs: length of the two pre-stages.
     """
 
@@ -153,6 +155,7 @@ class GKDDistiller(Distiller):
         cross_weight: float = 0.5,
         regularization_weight: float = 0.5,
         views: list[str] | None = None,
+        view_args: dict[str, dict] | None = None,
         autoencoder_epochs: int = 10,
         alignment_epochs: int = 10,
     ) -> None:
@@ -162,6 +165,8 @@ class GKDDistiller(Distiller):
                 if not hasattr(net, name):
                     raise MeddistillError(f"GKD needs a {role} with encode/decode (an encoder-decoder network)")
         self.views = list(views) if views is not None else ["cutout", "sobel", "noise", "blur"]
+        self.view_args = dict(view_args or {})
+        make_views(example, self.views, self.view_args)  # a bad view name or argument fails now
         if inter_weight and len(self.views) < 2:
             raise MeddistillError("GKD's inter-coupling graph needs at least two views; add views or set inter_weight: 0")
         self.intra_weight, self.inter_weight, self.cross_weight = intra_weight, inter_weight, cross_weight
@@ -232,7 +237,7 @@ class GKDDistiller(Distiller):
         padded, crop = pad_to_multiple(image, self.stride)
         batch_size = image.shape[0]
         graphs = bool(self.intra_weight or self.inter_weight)
-        inputs = make_views(padded, self.views).flatten(0, 1) if graphs else padded  # (B·V, C, *S) or (B, C, *S)
+        inputs = make_views(padded, self.views, self.view_args).flatten(0, 1) if graphs else padded  # (B·V, C, *S) or (B, C, *S)
         views = inputs.shape[0] // batch_size
 
         student_features = self.student.encode(inputs)

@@ -60,9 +60,16 @@ VIEWS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def make_views(images: Tensor, names: list[str]) -> Tensor:
-    """Anchor plus one perturbed copy per name: ``(B, C, *S)`` → ``(B, 1 + len(names), C, *S)``."""
-    unknown = [n for n in names if n not in VIEWS]
+def make_views(images: Tensor, names: list[str], args: dict[str, dict] | None = None) -> Tensor:
+    """Anchor plus one perturbed copy per name: ``(B, C, *S)`` → ``(B, 1 + len(names), C, *S)``.
+
+    ``args`` maps a view name to keyword arguments of its function, e.g. ``{"noise": {"std": 0.1}}``.
+    """
+    args = args or {}
+    unknown = [n for n in [*names, *args] if n not in VIEWS]
     if unknown:
         raise MeddistillError(f"unknown view '{unknown[0]}'; choose from {', '.join(VIEWS)}")
-    return torch.stack([images] + [VIEWS[n](images) for n in names], dim=1)
+    try:
+        return torch.stack([images] + [VIEWS[n](images, **args.get(n, {})) for n in names], dim=1)
+    except TypeError as err:
+        raise MeddistillError(f"bad view arguments {args}: {err}") from None
