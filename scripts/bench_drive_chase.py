@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from meddistill.config import load_config
 from meddistill.cost import measure_cost
 from meddistill.data import load_dataset, split_samples
 from meddistill.engine import evaluate_samples, training_fov_diameter
+from meddistill.experiment import load_grid, plan_runs, run_state, train_runs
 from meddistill.zoo import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_CONFIG = ROOT / "configs" / "drive_teacher.yaml"
 STUDENT_CONFIG = ROOT / "configs" / "drive_student.yaml"
+GRID = ROOT / "configs" / "gkd_drive_chase.yaml"
 METHODS = ["none", "kd", "at", "fitnets", "fsp"]
 STUDENTS = ["enet", "mobilenetv2_unet"]
 
@@ -38,63 +37,14 @@ def run_name(student: str, method: str) -> str:
     return f"drive-{student}-{method}"
 
 
-def student_command(student: str, method: str) -> list[str]:
-    verb = "train" if method == "none" else "distill"
-    return [
-        sys.executable, "-m", "meddistill", verb, str(STUDENT_CONFIG), "--no-progress",
-        "--set", f"name={run_name(student, method)}", "--set", f"student.name={student}",
-        "--set", f"method.name={method}",
-    ]
-
-
-def run_state(run_dir: Path, epochs: int) -> str:
-    """``done``, ``partial`` (resumable) or ``missing``."""
-    meta = run_dir / "last.json"
-    if not meta.is_file():
-        return "missing"
-    return "done" if json.loads(meta.read_text())["epoch"] >= epochs - 1 else "partial"
-
-
-def train_all(jobs: list[tuple[str, list[str], Path, int]], parallel: int) -> None:
-    """Run training commands, ``parallel`` at a time, resuming partial runs."""
-    pending = []
-    for name, command, run_dir, epochs in jobs:
-        state = run_state(run_dir, epochs)
-        if state == "done":
-            continue
-        pending.append((name, command + (["--resume"] if state == "partial" else []), run_dir))
-    running: list[tuple[str, subprocess.Popen]] = []
-    while pending or running:
-        while pending and len(running) < parallel:
-            name, command, run_dir = pending.pop(0)
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            print("$", " ".join(command[1:]), flush=True)
-            log = open(run_dir.parent / f"{name}.log", "a")
-            running.append((name, subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)))
-        time.sleep(5)
-        for item in list(running):
-            name, process = item
-            if process.poll() is not None:
-                running.remove(item)
-                if process.returncode != 0:
-                    raise SystemExit(f"training {name} failed (exit {process.returncode}); see runs/{name}.log")
-                print(f"finished {name}", flush=True)
-
-
 def train_stage(args, teacher_cfg, student_cfg) -> None:
-    train_all(
-        [("drive-teacher", [sys.executable, "-m", "meddistill", "train", str(TEACHER_CONFIG), "--no-progress"],
-          ROOT / teacher_cfg.run_dir, teacher_cfg.train.epochs)],
-        parallel=1,
-    )
+    """The runs of the DRIVE grid (configs/gkd_drive_chase.yaml) for the chosen students and methods."""
+    teacher, students = plan_runs(load_grid(GRID))
+    train_runs([teacher], 1)
     # KD for every student first (each gets a distilled model soonest), then the other methods student by student.
-    first = [(s, m) for m in args.methods[:2] for s in args.students]
-    order = first + [(s, m) for s in args.students for m in args.methods if (s, m) not in first]
-    train_all(
-        [(run_name(s, m), student_command(s, m), ROOT / student_cfg.output / run_name(s, m), student_cfg.train.epochs)
-         for s, m in order],
-        parallel=args.jobs,
-    )
+    chosen = [r for r in students if r.config.student.name in args.students and r.variant.method in args.methods]
+    first = [r for m in args.methods[:2] for r in chosen if r.variant.method == m]
+    train_runs(first + [r for r in chosen if r not in first], args.jobs)
 
 
 def report_stage(args, teacher_cfg, student_cfg) -> None:

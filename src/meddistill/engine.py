@@ -28,7 +28,7 @@ from .builders import build_configured_network, build_samples, build_teacher
 from .checkpoint import load_state, load_training_state, load_weights, save_model, save_training_state
 from .config import ExperimentConfig, OptimizerConfig, ScheduleConfig, config_to_dict, save_config
 from .data import PatchDataset, VesselSample, fov_diameter
-from .distill import METHODS, Distiller, build_distiller
+from .distill import METHODS, build_distiller
 from .errors import MeddistillError
 from .inference import predict_probability
 from .metrics import MetricAccumulator

@@ -140,16 +140,22 @@ def _adapter(in_channels: int, out_channels: int, spatial_dims: int, with_bn_rel
     return nn.Sequential(conv, norm, nn.ReLU(inplace=True))
 
 
-@METHODS.register("kd")
-class KDDistiller(TeacherStudentDistiller):
-    """Pixel-wise KD with temperature (Hinton et al. 2015)."""
+class LogitDistiller(TeacherStudentDistiller):
+    """Distils the logits with ``logit_loss(student_logits, teacher_logits, temperature)``."""
+
+    logit_loss = staticmethod(kd_loss)
 
     def __init__(self, student, teacher, task, weight: float = 1.0, temperature: float = 4.0):
         super().__init__(student, teacher, task, weight)
         self.temperature = temperature
 
     def distillation_loss(self, student_logits, teacher_logits, *_features):
-        return kd_loss(student_logits, teacher_logits, self.temperature)
+        return self.logit_loss(student_logits, teacher_logits, self.temperature)
+
+
+@METHODS.register("kd")
+class KDDistiller(LogitDistiller):
+    """Pixel-wise KD with temperature (Hinton et al. 2015): T = 4, weight 1."""
 
 
 @METHODS.register("at")

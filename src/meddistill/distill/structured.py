@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .losses import coco_loss, cwd_loss, gradient_penalty, ifv_loss, kd_loss, pairwise_loss
-from .methods import METHODS, TeacherStudentDistiller
+from .methods import METHODS, LogitDistiller, TeacherStudentDistiller
 
 
 class HolisticCritic(nn.Module):
@@ -138,12 +138,10 @@ class CoCoDistiller(StructuredDistiller):
 
 
 @METHODS.register("cwd")
-class CWDDistiller(TeacherStudentDistiller):
+class CWDDistiller(LogitDistiller):
     """Channel-wise distillation (Shu et al. 2021) on the logits: τ = 4, weight 3."""
 
-    def __init__(self, student, teacher, task, weight: float = 3.0, temperature: float = 4.0):
-        super().__init__(student, teacher, task, weight)
-        self.temperature = temperature
+    logit_loss = staticmethod(cwd_loss)
 
-    def distillation_loss(self, student_logits, teacher_logits, *_features):
-        return cwd_loss(student_logits, teacher_logits, self.temperature)
+    def __init__(self, student, teacher, task, weight: float = 3.0, temperature: float = 4.0):
+        super().__init__(student, teacher, task, weight, temperature)
