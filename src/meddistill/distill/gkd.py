@@ -227,9 +227,8 @@ class GKDDistiller(Distiller):
         for role, header in (("teacher", self.teacher_alignment), ("student", self.student_alignment)):
             feature = features[role]
             latent = header.encode(feature)
-            reconstruction = (header.decode(latent, tuple(feature.shape[2:])) - feature).abs().mean()
-            regularization = (latent - label_latent).abs().mean()
-            losses[f"align_{role}"] = reconstruction + self.regularization_weight * regularization
+            losses[f"{role}_reconstruction"] = (header.decode(latent, tuple(feature.shape[2:])) - feature).abs().mean()
+            losses[f"{role}_regularization"] = self.regularization_weight * (latent - label_latent).abs().mean()
         return losses
 
     def _distillation_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
