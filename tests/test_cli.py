@@ -40,7 +40,9 @@ def photo(tmp_path):
 
 
 def test_help_on_every_command():
-    for args in ([], ["train"], ["distill"], ["evaluate"], ["evaluate", "segmentation"], ["models"], ["segment"], ["bench"], ["demo"]):
+    commands = ([], ["train"], ["distill"], ["evaluate"], ["evaluate", "segmentation"], ["evaluate", "fsd"],
+                ["experiment"], ["models"], ["segment"], ["bench"], ["demo"])
+    for args in commands:
         result = invoke(*args, "--help")
         assert result.exit_code == 0, (args, result.output)
         assert "Usage" in result.output
