@@ -1,4 +1,8 @@
-"""Run under torchrun by test_ddp.py: train, then record this rank's weight checksum."""
+"""Run under torchrun by test_ddp.py: train, then record this rank's weight checksum.
+
+Arguments: the output folder, and optionally ``gkd`` to distil with GKD (pre-stages included)
+from the teacher and student the test saved there.
+"""
 
 import hashlib
 import os
@@ -16,7 +20,14 @@ from conftest import tiny_config_dict  # noqa: E402
 if __name__ == "__main__":
     torch.set_num_threads(1)
     out = __import__("pathlib").Path(sys.argv[1])
-    trainer = Trainer(config_from_dict(tiny_config_dict(out, "ddp")), progress=False)
+    values = tiny_config_dict(out, "ddp")
+    if sys.argv[2:] == ["gkd"]:
+        values.update(
+            teacher={"name": "fanet", "args": {"base_channels": 8}, "weights": str(out / "teacher")},
+            student={"name": "enet", "weights": str(out / "student")},
+            method={"name": "gkd", "args": {"latent_dim": 16, "autoencoder_epochs": 1, "alignment_epochs": 1}},
+        )
+    trainer = Trainer(config_from_dict(values), progress=False)
     trainer.fit()
     digest = hashlib.sha256()
     for name, tensor in sorted(trainer.student.state_dict().items()):
