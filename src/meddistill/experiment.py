@@ -97,8 +97,13 @@ def load_grid(path: str | Path) -> GridConfig:
     return grid
 
 
+def _assignments(overrides: dict[str, Any]) -> list[str]:
+    """``--set`` values: ``key=<value as JSON>``, which the config loader reads back as YAML."""
+    return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+
+
 def _cli(verb: str, config: str, overrides: dict[str, Any]) -> list[str]:
-    sets = [item for key, value in overrides.items() for item in ("--set", f"{key}={json.dumps(value)}")]
+    sets = [item for assignment in _assignments(overrides) for item in ("--set", assignment)]
     return [sys.executable, "-m", "meddistill", verb, config, "--no-progress", *sets]
 
 
@@ -108,7 +113,7 @@ def _slug(label: str) -> str:
 
 
 def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
-    """The teacher run and the student runs, scratch runs first (GKD starts from them)."""
+    """The teacher run and the student runs; each student's block starts with its scratch row."""
     teacher_config = load_config(grid.teacher)
     teacher = Run("teacher", _cli("train", grid.teacher, {}), teacher_config, VariantConfig())
     teacher_net = {
@@ -134,8 +139,7 @@ def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
                 overrides.update(teacher_net)
             if method.needs_trained_student:
                 overrides["student.weights"] = str(scratch_dir / "best")
-            overrides_list = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-            config = load_config(grid.student, overrides_list)
+            config = load_config(grid.student, _assignments(overrides))
             verb = "distill" if method.needs_teacher else "train"
             students.append(Run(f"{student} / {row}", _cli(verb, grid.student, overrides), config, variant))
     return teacher, students
