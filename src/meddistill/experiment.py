@@ -160,12 +160,20 @@ def _differences(saved: Any, planned: Any, where: str = "") -> list[str]:
     return [] if saved == planned else [f"{where}: {saved!r} there, {planned!r} here"]
 
 
+# How a run was executed, not what it learns: these may differ between a grid and its runs.
+_RUNTIME_KEYS = ("train.threads", "data.num_workers")
+
+
 def check_run_config(run: Run) -> None:
     """A run folder that exists must hold this grid's run, not one trained with other settings."""
     saved = run.run_dir / "config.yaml"
     if not saved.is_file():
         return
-    differences = _differences(config_to_dict(load_config(saved)), config_to_dict(run.config))
+    differences = [
+        d
+        for d in _differences(config_to_dict(load_config(saved)), config_to_dict(run.config))
+        if not d.startswith(tuple(f"{key}:" for key in _RUNTIME_KEYS))
+    ]
     if differences:
         raise MeddistillError(
             f"{run.run_dir} holds a run with other settings ({differences[0]}); "

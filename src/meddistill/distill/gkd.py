@@ -13,7 +13,7 @@ The three phases of the paper map onto one run of the engine:
    by header exchange (Eq. 9). Autoencoder, TAN and SAN are frozen.
 
 Design choices the paper leaves open (stated here so they can be changed): encoders end in
-``tanh``, so latents and graph terms stay O(1) with the paper's weights of 100; headers pool
+an RMS normalisation, so latents and graph terms stay O(1) with the paper's weights of 100; headers pool
 to a 4×4 (4×4×4) grid before the linear map to the latent, so they work at any input size;
 the cross-distillation L1 compares softmax probabilities.
 """
@@ -24,6 +24,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
 from monai.networks.blocks import Convolution
 from torch import Tensor, nn
 
@@ -37,11 +38,12 @@ _GRID = 4
 
 
 def _conv(dims: int, cin: int, cout: int, stride: int = 1, act: bool = True) -> nn.Module:
-    return Convolution(dims, cin, cout, strides=stride, kernel_size=3, act="RELU" if act else None, norm=None)
+    norm = ("group", {"num_groups": min(8, cout)}) if act else None
+    return Convolution(dims, cin, cout, strides=stride, kernel_size=3, act="RELU" if act else None, norm=norm)
 
 
 class _LatentEncoder(nn.Module):
-    """``(B, C_in, *S)`` → ``(B, latent)`` in [-1, 1]: convs, pooling to a fixed grid, linear, tanh."""
+    """``(B, C_in, *S)`` → ``(B, latent)`` of unit root-mean-square: convs, pooling to a fixed grid, linear."""
 
     def __init__(self, dims: int, layers: list[nn.Module], channels: int, latent_dim: int) -> None:
         super().__init__()
@@ -50,7 +52,10 @@ class _LatentEncoder(nn.Module):
         self.linear = nn.Linear(channels * _GRID**dims, latent_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.tanh(self.linear(self.pool(self.convs(x)).flatten(1)))
+        latent = self.linear(self.pool(self.convs(x)).flatten(1))
+        # RMS normalisation bounds the latent's scale without saturating (a tanh saturated,
+        # its gradient vanished and every latent collapsed to one constant code).
+        return latent * torch.rsqrt(latent.pow(2).mean(dim=1, keepdim=True) + 1e-6)
 
 
 class _LatentDecoder(nn.Module):
@@ -74,8 +79,9 @@ class _LatentDecoder(nn.Module):
 class SemanticAutoencoder(nn.Module):
     """Label-map autoencoder: one-hot ``(B, K, *S)`` → latent ``(B, C)`` → probabilities ``(B, K, *S)``.
 
-    Four stride-2 convolutions halve the map to 1/16, a linear layer gives the latent; the
-    decoder mirrors it with four ×2 upsamplings.
+    Four stride-2 convolutions (group norm, ReLU) halve the map to 1/16, a linear layer gives
+    the latent; the decoder mirrors it with four ×2 upsamplings. Without normalisation the
+    encoder's output did not depend on its input and every latent was the same.
     """
 
     def __init__(self, num_classes: int = 2, latent_dim: int = 512, spatial_dims: int = 2, width: int = 16) -> None:
@@ -137,7 +143,13 @@ class GKDDistiller(Distiller):
         views: perturbations for the graphs (cutout, sobel, noise, blur).
         view_args: keyword arguments per view (defaults: cutout ``fraction`` 0.25 of each side,
             noise ``std`` 0.2, blur ``sigma`` 1.5 px; the paper gives no values).
-        autoencoder_epochs, alignment_epochs: length of the two pre-stages.
+        autoencoder_epochs, alignment_epochs: length of the two pre-stages (30, 10; the paper
+            gives none).
+        autoencoder_dice_weight: weight of a soft Dice term added to the autoencoder's L1
+            reconstruction (1). With L1 alone (0, the paper's loss) the autoencoder collapses
+            to an all-background map on sparse vessel labels: L1 is minimised by the median.
+            Measured on DRIVE patches, 16 epochs: L1 alone gives reconstruction F1 0.00 and a
+            constant latent; L1 + Dice gives F1 0.28 and latents that vary across patches.
     """
 
     needs_teacher = True
@@ -156,8 +168,9 @@ class GKDDistiller(Distiller):
         regularization_weight: float = 0.5,
         views: list[str] | None = None,
         view_args: dict[str, dict] | None = None,
-        autoencoder_epochs: int = 10,
+        autoencoder_epochs: int = 30,
         alignment_epochs: int = 10,
+        autoencoder_dice_weight: float = 1.0,
     ) -> None:
         super().__init__(student, teacher, task)
         for name in ("encode", "decode"):
@@ -172,6 +185,8 @@ class GKDDistiller(Distiller):
         self.intra_weight, self.inter_weight, self.cross_weight = intra_weight, inter_weight, cross_weight
         self.regularization_weight = regularization_weight
         self.epochs = {"autoencoder": autoencoder_epochs, "alignment": alignment_epochs}
+        self.autoencoder_dice_weight = autoencoder_dice_weight
+        self._dice = DiceLoss(include_background=False)
         self.stride = math.lcm(student.stride, teacher.stride)
         dims = example.dim() - 2
         with torch.no_grad():
@@ -212,7 +227,11 @@ class GKDDistiller(Distiller):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.stage == "autoencoder":
             labels = one_hot_labels(batch["label"], self.num_classes)
-            return {"autoencoder": (self.autoencoder(labels) - labels).abs().mean()}
+            reconstruction = self.autoencoder(labels)
+            losses = {"autoencoder_l1": (reconstruction - labels).abs().mean()}
+            if self.autoencoder_dice_weight:
+                losses["autoencoder_dice"] = self.autoencoder_dice_weight * self._dice(reconstruction, labels)
+            return losses
         if self.stage == "alignment":
             return self._alignment_losses(batch)
         return self._distillation_losses(batch)
