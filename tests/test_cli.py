@@ -41,7 +41,7 @@ def photo(tmp_path):
 
 def test_help_on_every_command():
     commands = ([], ["train"], ["distill"], ["evaluate"], ["evaluate", "segmentation"], ["evaluate", "fsd"],
-                ["experiment"], ["models"], ["segment"], ["bench"], ["demo"])
+                ["evaluate", "fire"], ["register"], ["fire-benchmark"], ["experiment"], ["models"], ["segment"], ["bench"], ["demo"])
     for args in commands:
         result = invoke(*args, "--help")
         assert result.exit_code == 0, (args, result.output)

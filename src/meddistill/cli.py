@@ -136,6 +136,127 @@ def experiment(
     console.print(run_grid(grid, train=train, with_cost=cost))
 
 
+RegistrationMethodOpt = Annotated[str, typer.Option(help="Keypoint method: sift.")]
+MatcherOpt = Annotated[Optional[str], typer.Option(help="Matcher: mnn (default: the method's best).")]
+TransformOpt = Annotated[str, typer.Option("--model", help="Transform: affine (3-point RANSAC + refit) or homography (MAGSAC++).")]
+
+
+@evaluate_app.command("fire")
+@user_errors
+def evaluate_fire(
+    root: Annotated[Path, typer.Argument(help="FIRE-layout folder: Images/, Ground Truth/.")],
+    method: RegistrationMethodOpt = "sift",
+    matcher: MatcherOpt = None,
+    model: TransformOpt = "affine",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-pair results and the summary as JSON.")] = None,
+) -> None:
+    """The FIRE protocol: failed / inaccurate / acceptable, AUC per category (S, P, A) and mAUC."""
+    from rich.progress import track
+
+    from .data import read_rgb
+    from .registration import load_fire, register_images, score_pair, summarize
+
+    pairs = load_fire(root)
+    outcomes, seconds = [], []
+    for pair in track(pairs, description=f"{method} on {len(pairs)} pairs", console=console):
+        result = register_images(read_rgb(pair.fixed), read_rgb(pair.moving), method, matcher, model)
+        outcomes.append(score_pair(pair, result.transform))
+        seconds.append(result.seconds)
+    summary = summarize(outcomes) | {"seconds_per_pair": float(sum(seconds) / len(seconds))}
+    table = Table(title=f"FIRE protocol: {method} ({model}) on {root}")
+    columns = ("failed", "inaccurate", "acceptable", "auc_S", "auc_P", "auc_A", "mauc", "seconds_per_pair")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{summary[c]:.3f}" for c in columns))
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"method": method, "model": model, "summary": summary,
+                                        "pairs": [vars(o) for o in outcomes]}, indent=2, default=float))
+
+
+@app.command()
+@user_errors
+def register(
+    images: Annotated[Optional[list[Path]], typer.Argument(help="FIXED MOVING: two photos of one eye.")] = None,
+    method: RegistrationMethodOpt = "sift",
+    matcher: MatcherOpt = None,
+    model: TransformOpt = "affine",
+    out: Annotated[Optional[Path], typer.Option(help="Warped moving image (PNG), on the fixed image's grid.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Result JSON: status, transform, matches, inliers, seconds.")] = None,
+    figures: Annotated[Optional[Path], typer.Option(help="Folder for match-line, checkerboard and overlay figures.")] = None,
+    pairs: Annotated[Optional[Path], typer.Option(help="Batch mode: CSV with columns fixed,moving[,name].")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Batch mode: folder for one JSON (and warped image) per pair.")] = Path("registrations"),
+) -> None:
+    """Register MOVING onto FIXED; the transform maps moving pixels to fixed pixels (original sizes).
+
+    Exit status 1 when a single registration fails (its JSON says why)."""
+    from .data import read_rgb, write_png
+    from .registration import register_images, warp_to_fixed
+    from .registration.figures import registration_figures
+
+    def run_one(fixed_path: Path, moving_path: Path, warped_path: Path | None, json_path: Path | None, figure_dir: Path | None, stem: str):
+        fixed, moving = read_rgb(fixed_path), read_rgb(moving_path)
+        result = register_images(fixed, moving, method, matcher, model)
+        if warped_path is not None and result.transform is not None:
+            write_png(warped_path, warp_to_fixed(moving, result.transform, fixed.shape))
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps({"fixed": str(fixed_path), "moving": str(moving_path), "method": method,
+                                             "model": model, **result.to_json()}, indent=2))
+        if figure_dir is not None:
+            for name, figure in registration_figures(fixed, moving, result).items():
+                write_png(figure_dir / f"{stem}_{name}.png", figure)
+        return result
+
+    if pairs is not None:
+        import csv
+
+        from rich.progress import track
+
+        if images:
+            raise MeddistillError("give either FIXED MOVING or --pairs, not both")
+        try:
+            rows = list(csv.DictReader(pairs.open()))
+        except OSError as err:
+            raise MeddistillError(f"cannot read {pairs}: {err.strerror}") from None
+        if not rows or not {"fixed", "moving"} <= set(rows[0]):
+            raise MeddistillError(f"{pairs} needs a header with columns fixed,moving (and optionally name)")
+        table = Table(title=f"{method} ({model}) on {len(rows)} pairs")
+        for column in ("pair", "status", "matches", "inliers", "seconds"):
+            table.add_column(column)
+        for k, row in enumerate(track(rows, description="registering", console=console)):
+            name = row.get("name") or f"pair{k:03d}"
+            result = run_one(Path(row["fixed"]), Path(row["moving"]), out_dir / f"{name}_warped.png",
+                             out_dir / f"{name}.json", figures, name)
+            table.add_row(name, result.status, str(result.matches), str(result.inliers), f"{result.seconds:.2f}")
+        console.print(table)
+        return
+    if not images or len(images) != 2:
+        raise MeddistillError("give two images, FIXED MOVING (or --pairs CSV for batch mode)")
+    result = run_one(images[0], images[1], out, json_out, figures, images[1].stem)
+    verdict = "ok" if result.status == "ok" else f"failed: {result.reason}"
+    console.print(f"{verdict} ({result.inliers} of {result.matches} matches agree, {result.seconds:.2f} s)")
+    if result.status != "ok":
+        raise typer.Exit(1)
+
+
+@app.command("fire-benchmark")
+@user_errors
+def fire_benchmark(
+    images: Annotated[list[Path], typer.Argument(help="Fundus photos (or folders of them) to build pairs from.")],
+    out: Annotated[Path, typer.Option(help="Output folder in the FIRE layout.")] = Path("fire_synthetic"),
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic transforms.")] = 0,
+) -> None:
+    """Write a FIRE-layout benchmark (S, P and A pairs per photo, known transforms) for `evaluate fire`."""
+    from .data import read_rgb
+    from .registration.synthetic import write_fire_benchmark
+
+    photos = {path.stem: read_rgb(path) for path in _expand_image_paths(images)}
+    names = write_fire_benchmark(photos, out, seed)
+    console.print(f"{len(names)} pairs written to {out}")
+
+
 @evaluate_app.command("fsd")
 @user_errors
 def evaluate_fsd(

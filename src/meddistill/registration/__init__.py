@@ -1,0 +1,28 @@
+"""Retinal image registration: keypoints, matching, robust transforms, FIRE protocol."""
+
+from .features import KEYPOINT_METHODS, Features, match_mutual_nearest
+from .fire import FirePair, PairOutcome, category_auc, load_fire, map_points, score_pair, summarize
+from .geometry import Estimate, estimate_transform, plausible
+from .pipeline import RegistrationResult, register_images, warp_to_fixed
+from .preprocess import preprocess_fundus, resize_matrix
+
+__all__ = [
+    "KEYPOINT_METHODS",
+    "Estimate",
+    "Features",
+    "FirePair",
+    "PairOutcome",
+    "RegistrationResult",
+    "category_auc",
+    "estimate_transform",
+    "load_fire",
+    "map_points",
+    "match_mutual_nearest",
+    "plausible",
+    "preprocess_fundus",
+    "register_images",
+    "resize_matrix",
+    "score_pair",
+    "summarize",
+    "warp_to_fixed",
+]

@@ -1,0 +1,104 @@
+"""Register two fundus photos: preprocess, detect and describe, match, estimate, judge, warp."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ..errors import MeddistillError
+from .features import KEYPOINT_METHODS, match_mutual_nearest
+from .geometry import estimate_transform, plausible
+from .preprocess import preprocess_fundus, resize_matrix
+
+MATCHERS = ("mnn",)
+
+
+@dataclass
+class RegistrationResult:
+    """What ``register`` reports. ``transform`` maps moving pixel (x, y) to fixed pixel (x, y)
+    in the original image sizes; it is None when the registration failed."""
+
+    status: str  # ok | failed
+    transform: np.ndarray | None
+    matches: int
+    inliers: int
+    seconds: float
+    reason: str = ""
+    # for figures: matched keypoints in original pixels, (M, 2) each, and the inlier mask
+    fixed_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    moving_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    inlier_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+    def to_json(self) -> dict:
+        return {
+            "status": self.status,
+            "transform": None if self.transform is None else self.transform.tolist(),
+            "matches": self.matches,
+            "inliers": self.inliers,
+            "seconds": round(self.seconds, 4),
+            "reason": self.reason,
+        }
+
+
+def _check_pair(fixed: np.ndarray, moving: np.ndarray) -> None:
+    for role, image in (("fixed", fixed), ("moving", moving)):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise MeddistillError(f"the {role} image must be 8-bit RGB (H, W, 3), got {image.shape} {image.dtype}")
+
+
+def register_images(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    method: str = "sift",
+    matcher: str | None = None,
+    model: str = "affine",
+    size: int = 768,
+    min_inliers: int = 10,
+    min_inlier_ratio: float = 0.2,
+) -> RegistrationResult:
+    """Register ``moving`` onto ``fixed`` (both ``(H, W, 3)`` uint8, any sizes).
+
+    Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`; the transform is
+    estimated there and converted to original pixels. The result is ``failed`` (with a reason)
+    when fewer than ``min_inliers`` matches, or fewer than ``min_inlier_ratio`` of them, agree,
+    or when the transform is implausible (a reflection or an extreme scale).
+    """
+    _check_pair(fixed, moving)
+    detector = KEYPOINT_METHODS.build(method)
+    matcher = matcher or detector.default_matcher
+    if matcher not in MATCHERS:
+        raise MeddistillError(f"unknown matcher '{matcher}'; choose from {', '.join(MATCHERS)}")
+    started = time.perf_counter()
+    features = [detector(preprocess_fundus(image, size)) for image in (fixed, moving)]
+    pairs = match_mutual_nearest(features[0].descriptors, features[1].descriptors)
+    fixed_pts = features[0].keypoints[pairs[:, 0]]
+    moving_pts = features[1].keypoints[pairs[:, 1]]
+    estimate = estimate_transform(moving_pts, fixed_pts, model)
+    to_fixed, to_moving = resize_matrix(fixed.shape, size), resize_matrix(moving.shape, size)
+    inliers = int(estimate.inliers.sum())
+    seconds = time.perf_counter() - started
+    original = lambda points, scale: (points / np.diag(scale)[:2]) if len(points) else points  # noqa: E731
+    result = RegistrationResult(
+        "failed", None, len(pairs), inliers, seconds,
+        fixed_points=original(fixed_pts, to_fixed), moving_points=original(moving_pts, to_moving),
+        inlier_mask=estimate.inliers,
+    )
+    if estimate.matrix is None:
+        result.reason = f"no transform from {len(pairs)} matches"
+    elif inliers < min_inliers or inliers < min_inlier_ratio * len(pairs):
+        result.reason = f"too little evidence: {inliers} of {len(pairs)} matches agree"
+    elif not plausible(estimate.matrix):
+        result.reason = "implausible transform (reflection, extreme scale or perspective)"
+    else:
+        result.status = "ok"
+        result.transform = np.linalg.inv(to_fixed) @ estimate.matrix @ to_moving
+    return result
+
+
+def warp_to_fixed(moving: np.ndarray, transform: np.ndarray, fixed_shape: tuple[int, ...]) -> np.ndarray:
+    """The moving image resampled onto the fixed image's pixel grid (zeros outside it)."""
+    height, width = fixed_shape[:2]
+    return cv2.warpPerspective(moving, transform, (width, height), flags=cv2.INTER_LINEAR, borderValue=0)

@@ -1,0 +1,125 @@
+"""Write a FIRE-layout benchmark from any fundus photos, with known synthetic transforms.
+
+For each photo, three pairs: ``S`` (small motion, overlap above 75 %), ``P`` (large shift and
+rotation, partial overlap) and ``A`` (small motion plus a strong appearance change: gamma,
+contrast, blur, uneven illumination, noise). Image ``_1`` is the photo (the reference), ``_2``
+the transformed copy (the query); control points are reference pixels inside both fields of
+view with their exact query positions, so ``evaluate fire`` scores a method exactly as on FIRE.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..data import compute_fov
+from ..errors import MeddistillError
+
+_MOTION = {  # rotation (deg), scale spread, shift as a fraction of the width
+    "S": (4.0, 0.03, (0.0, 0.04)),
+    "P": (15.0, 0.08, (0.18, 0.30)),
+    "A": (4.0, 0.03, (0.0, 0.04)),
+}
+# Peak non-rigid displacement as a fraction of the width: the eye is not flat and no global
+# transform relates two real visits exactly, so neither does one here.
+_WARP = {"S": 0.004, "P": 0.008, "A": 0.006}
+
+
+def _random_motion(category: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """3×3 similarity taking reference pixels to query pixels."""
+    max_angle, scale_spread, (shift_low, shift_high) = _MOTION[category]
+    height, width = shape
+    angle = rng.uniform(-max_angle, max_angle)
+    scale = 1 + rng.uniform(-scale_spread, scale_spread)
+    matrix = np.vstack([cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale), [0, 0, 1]])
+    direction = rng.uniform(0, 2 * np.pi)
+    shift = rng.uniform(shift_low, shift_high) * width
+    matrix[:2, 2] += shift * np.array([np.cos(direction), np.sin(direction)])
+    return matrix
+
+
+def _change_appearance(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another visit's look: gamma, contrast, blur, an illumination gradient and noise."""
+    x = image.astype(np.float32) / 255
+    x = x ** rng.uniform(0.6, 1.6)
+    x = (x - x.mean()) * rng.uniform(0.7, 1.3) + x.mean()
+    x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.5, 2.0))
+    height, width = x.shape[:2]
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    angle = rng.uniform(0, 2 * np.pi)
+    x = x * (1 + rng.uniform(0.2, 0.5) * (np.cos(angle) * xx + np.sin(angle) * yy - 0.5))[..., None]
+    x = x + rng.normal(0, 0.02, x.shape)
+    return (np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+def _smooth_field(shape: tuple[int, int], amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """``(H, W, 2)`` smooth random displacement (px) whose largest magnitude is ``amplitude``."""
+    height, width = shape
+    field = np.stack([cv2.GaussianBlur(rng.normal(size=shape).astype(np.float32), (0, 0), width / 8) for _ in range(2)], -1)
+    return field * (amplitude / max(float(np.linalg.norm(field, axis=-1).max()), 1e-9))
+
+
+def _warp(image: np.ndarray, motion: np.ndarray, field: np.ndarray, nearest: bool = False) -> np.ndarray:
+    """Query image: query pixel q shows reference pixel ``motion⁻¹(q) + field(q)``."""
+    height, width = field.shape[:2]
+    qy, qx = np.mgrid[0:height, 0:width].astype(np.float32)
+    inverse = np.linalg.inv(motion)
+    w = inverse[2, 0] * qx + inverse[2, 1] * qy + inverse[2, 2]
+    map_x = (inverse[0, 0] * qx + inverse[0, 1] * qy + inverse[0, 2]) / w + field[..., 0]
+    map_y = (inverse[1, 0] * qx + inverse[1, 1] * qy + inverse[1, 2]) / w + field[..., 1]
+    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.remap(image, map_x.astype(np.float32), map_y.astype(np.float32), flags, borderValue=0)
+
+
+def _query_position(point: np.ndarray, motion: np.ndarray, field: np.ndarray) -> np.ndarray | None:
+    """The query pixel showing reference ``point``: solves ``motion⁻¹(q) + field(q) = point``."""
+    height, width = field.shape[:2]
+    q = (motion @ np.append(point, 1.0))[:2]
+    for _ in range(20):  # fixed-point iteration: the field is smooth and small
+        if not (0 <= q[0] < width - 1 and 0 <= q[1] < height - 1):
+            return None
+        q = (motion @ np.append(point - field[int(round(q[1])), int(round(q[0]))], 1.0))[:2]
+    return q
+
+
+def _control_points(fov, query_fov, motion, field, count: int, rng) -> np.ndarray:
+    """``(count, 4)`` rows x_ref y_ref x_query y_query, reference points inside both fields of view."""
+    ys, xs = np.nonzero(fov)
+    rows = []
+    for k in rng.permutation(len(xs)):
+        q = _query_position(np.array([xs[k], ys[k]], np.float64), motion, field)
+        if q is not None and query_fov[int(q[1]), int(q[0])]:
+            rows.append([xs[k], ys[k], q[0], q[1]])
+            if len(rows) == count:
+                return np.array(rows)
+    raise MeddistillError("the synthetic pair overlaps too little to place control points")
+
+
+def write_fire_benchmark(
+    photos: dict[str, np.ndarray], out: str | Path, seed: int = 0, points_per_pair: int = 10
+) -> list[str]:
+    """Write ``Images/`` and ``Ground Truth/`` for ``photos`` (name → RGB uint8); returns pair names."""
+    out = Path(out)
+    (out / "Images").mkdir(parents=True, exist_ok=True)
+    (out / "Ground Truth").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = []
+    for index, (_, photo) in enumerate(sorted(photos.items())):
+        fov = compute_fov(photo)
+        for category in ("S", "P", "A"):
+            name = f"{category}{index + 1:02d}"
+            motion = _random_motion(category, photo.shape[:2], rng)
+            field = _smooth_field(photo.shape[:2], _WARP[category] * photo.shape[1], rng)
+            query = _warp(photo, motion, field)
+            query_fov = _warp(fov.astype(np.uint8), motion, field, nearest=True) > 0
+            if category == "A":
+                query = _change_appearance(query, rng) * query_fov[..., None]
+            points = _control_points(fov, query_fov, motion, field, points_per_pair, rng)
+            for k, image in ((1, photo), (2, query)):
+                cv2.imwrite(str(out / "Images" / f"{name}_{k}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, 95])
+            np.savetxt(out / "Ground Truth" / f"control_points_{name}_1_2.txt", points, fmt="%.3f")
+            names.append(name)
+    return names

@@ -1,0 +1,154 @@
+"""Registration: FIRE protocol by hand, robust estimation, SIFT pipeline, synthetic benchmark, CLI."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from meddistill.cli import app
+from meddistill.data import make_fundus_phantom
+from meddistill.errors import MeddistillError
+from meddistill.registration import (
+    FirePair,
+    category_auc,
+    estimate_transform,
+    load_fire,
+    match_mutual_nearest,
+    plausible,
+    register_images,
+    score_pair,
+    summarize,
+)
+from meddistill.registration.synthetic import write_fire_benchmark
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return make_fundus_phantom(384, seed=11).image
+
+
+def _pair(offset):
+    points = np.array([[10.0, 10.0], [100.0, 50.0], [40.0, 80.0]])
+    return FirePair("S01", None, None, points + offset, points)
+
+
+def test_category_auc_by_hand():
+    # fraction below t: 1/3 for t = 1..3, 2/3 for t = 4..25
+    assert category_auc([0.5, 3.0, 30.0]) == pytest.approx((3 * (1 / 3) + 22 * (2 / 3)) / 25)
+    assert category_auc([]) != category_auc([])  # nan: no pairs of that category
+
+
+def test_score_pair_verdicts_and_summary():
+    shifted = score_pair(_pair(np.array([3.0, 4.0])), np.eye(3))
+    assert shifted.status == "acceptable" and shifted.mean_error == pytest.approx(5.0)
+    far = score_pair(_pair(np.array([0.0, 60.0])), np.eye(3))
+    assert far.status == "inaccurate"  # max distance > 50 px
+    failed = score_pair(_pair(0.0), None)
+    assert failed.status == "failed" and failed.mean_error == np.inf
+    summary = summarize([shifted, far, failed])
+    assert summary["failed"] == pytest.approx(1 / 3) and summary["acceptable"] == pytest.approx(1 / 3)
+    assert summary["auc_S"] == pytest.approx(category_auc([5.0, 60.0, np.inf]))
+    assert summary["mauc"] == pytest.approx(summary["auc_S"])  # only S pairs present
+
+
+def test_load_fire_layout_excludes_p37(tmp_path):
+    (tmp_path / "Images").mkdir()
+    (tmp_path / "Ground Truth").mkdir()
+    for name in ("S01", "P37"):
+        for k in (1, 2):
+            Image.new("RGB", (8, 8)).save(tmp_path / "Images" / f"{name}_{k}.jpg")
+        (tmp_path / "Ground Truth" / f"control_points_{name}_1_2.txt").write_text("1 2 3 4\n5 6 7 8\n")
+    (pair,) = load_fire(tmp_path)
+    assert pair.name == "S01" and pair.category == "S"
+    assert pair.fixed_points.tolist() == [[1, 2], [5, 6]] and pair.moving_points.tolist() == [[3, 4], [7, 8]]
+    (tmp_path / "Images" / "S01_2.jpg").unlink()
+    with pytest.raises(MeddistillError, match="missing Images/S01_1"):
+        load_fire(tmp_path)
+    with pytest.raises(MeddistillError, match="not a FIRE folder"):
+        load_fire(tmp_path / "Images")
+
+
+def test_estimate_transform_rejects_outliers():
+    rng = np.random.default_rng(0)
+    source = rng.uniform(0, 500, (40, 2))
+    truth = np.array([[0.98, -0.17, 12.0], [0.17, 0.98, -7.0], [0, 0, 1]])
+    target = source @ truth[:2, :2].T + truth[:2, 2]
+    target[:8] += rng.uniform(40, 80, (8, 2))  # a fifth are false matches
+    for model in ("affine", "homography"):
+        estimate = estimate_transform(source, target, model)
+        assert np.allclose(estimate.matrix, truth, atol=1e-3)
+        assert not estimate.inliers[:8].any() and estimate.inliers[8:].all()
+    assert estimate_transform(source[:2], target[:2]).matrix is None
+    with pytest.raises(MeddistillError, match="unknown transform model"):
+        estimate_transform(source, target, "rigid")
+
+
+def test_plausibility():
+    assert plausible(np.eye(3))
+    assert not plausible(np.diag([-1.0, 1.0, 1.0]))  # a reflection
+    assert not plausible(np.diag([10.0, 10.0, 1.0]))  # ten times larger
+
+
+def test_mutual_nearest_matching_by_hand():
+    a = np.array([[0.0, 0.0], [10.0, 0.0], [50.0, 50.0]])
+    b = np.array([[10.0, 1.0], [0.0, 1.0]])
+    assert match_mutual_nearest(a, b, ratio=1.0).tolist() == [[0, 1], [1, 0]]
+    assert match_mutual_nearest(a, b[:0]).shape == (0, 2)
+
+
+def test_sift_recovers_a_known_affine_and_refuses_a_blank(photo):
+    truth = np.vstack([cv2.getRotationMatrix2D((192, 192), 6, 1.04), [0, 0, 1]])
+    truth[:2, 2] += (9, -6)
+    moving = cv2.warpAffine(photo, truth[:2], (384, 384))
+    result = register_images(photo, moving, "sift", size=384)
+    assert result.status == "ok"
+    points = np.array([[150.0, 150.0], [250.0, 200.0], [180.0, 260.0]])
+    moved = points @ truth[:2, :2].T + truth[:2, 2]
+    mapped = np.c_[moved, np.ones(3)] @ result.transform.T
+    assert np.abs(mapped[:, :2] / mapped[:, 2:] - points).max() < 1.5
+    failed = register_images(photo, np.zeros_like(photo), "sift", size=384)
+    assert failed.status == "failed" and failed.transform is None and failed.reason
+    with pytest.raises(MeddistillError, match="must be 8-bit RGB"):
+        register_images(photo, photo[..., 0])
+
+
+def test_synthetic_fire_benchmark_scores_sift(photo, tmp_path):
+    names = write_fire_benchmark({"eye": photo}, tmp_path, seed=1)
+    assert names == ["S01", "P01", "A01"]
+    pairs = load_fire(tmp_path)
+    assert all(p.fixed_points.shape == (10, 2) for p in pairs)
+    result = runner.invoke(app, ["evaluate", "fire", str(tmp_path), "--json", str(tmp_path / "fire.json")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "fire.json").read_text())["summary"]
+    assert summary["pairs"] == 3 and 0 <= summary["mauc"] <= 1
+
+
+def test_register_cli_single_batch_and_failure(photo, tmp_path):
+    fixed, moving = tmp_path / "fixed.png", tmp_path / "moving.png"
+    Image.fromarray(photo).save(fixed)
+    Image.fromarray(cv2.warpAffine(photo, cv2.getRotationMatrix2D((192, 192), 5, 1.0), (384, 384))).save(moving)
+    result = runner.invoke(app, ["register", str(fixed), str(moving), "--out", str(tmp_path / "warped.png"),
+                                 "--json", str(tmp_path / "r.json"), "--figures", str(tmp_path / "fig")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"] == "ok" and np.array(report["transform"]).shape == (3, 3)
+    assert {"matches", "inliers", "seconds"} <= set(report) and report["inliers"] >= 10
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
+        "moving_checkerboard.png", "moving_matches.png", "moving_overlay.png"]
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.zeros_like(photo)).save(blank)
+    result = runner.invoke(app, ["register", str(fixed), str(blank), "--json", str(tmp_path / "f.json")])
+    assert result.exit_code == 1 and "failed:" in result.output
+    assert json.loads((tmp_path / "f.json").read_text())["status"] == "failed"
+    (tmp_path / "pairs.csv").write_text(f"fixed,moving,name\n{fixed},{moving},good\n{fixed},{blank},bad\n")
+    result = runner.invoke(app, ["register", "--pairs", str(tmp_path / "pairs.csv"), "--out-dir", str(tmp_path / "batch")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "batch" / "bad.json").read_text())["status"] == "failed"
+    assert (tmp_path / "batch" / "good_warped.png").is_file() and not (tmp_path / "batch" / "bad_warped.png").exists()
+    result = runner.invoke(app, ["register", str(fixed)])
+    assert result.exit_code == 2 and "give two images" in result.output
