@@ -2,7 +2,9 @@
 
 For each photo, three pairs: ``S`` (small motion, overlap above 75 %), ``P`` (large shift and
 rotation, partial overlap) and ``A`` (small motion plus a strong appearance change: gamma,
-contrast, blur, uneven illumination, noise). Image ``_1`` is the photo (the reference), ``_2``
+contrast, blur, uneven illumination, noise); every query also gets a smooth non-rigid warp
+and a milder appearance change, since no two real visits differ by a global transform alone.
+It is a development benchmark: one photo warped is easier to match than two real visits. Image ``_1`` is the photo (the reference), ``_2``
 the transformed copy (the query); control points are reference pixels inside both fields of
 view with their exact query positions, so ``evaluate fire`` scores a method exactly as on FIRE.
 """
@@ -24,7 +26,9 @@ _MOTION = {  # rotation (deg), scale spread, shift as a fraction of the width
 }
 # Peak non-rigid displacement as a fraction of the width: the eye is not flat and no global
 # transform relates two real visits exactly, so neither does one here.
-_WARP = {"S": 0.004, "P": 0.008, "A": 0.006}
+_WARP = {"S": 0.006, "P": 0.012, "A": 0.010}
+# Appearance change between visits: mild for S and P, strong for A.
+_LOOK = {"S": 0.35, "P": 0.35, "A": 1.0}
 
 
 def _random_motion(category: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -40,17 +44,18 @@ def _random_motion(category: str, shape: tuple[int, int], rng: np.random.Generat
     return matrix
 
 
-def _change_appearance(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Another visit's look: gamma, contrast, blur, an illumination gradient and noise."""
+def _change_appearance(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Another visit's look, scaled by ``strength`` in [0, 1]: gamma, contrast, blur, an
+    illumination gradient and noise."""
     x = image.astype(np.float32) / 255
-    x = x ** rng.uniform(0.6, 1.6)
-    x = (x - x.mean()) * rng.uniform(0.7, 1.3) + x.mean()
-    x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.5, 2.0))
+    x = x ** np.exp(rng.uniform(-0.5, 0.5) * strength)
+    x = (x - x.mean()) * (1 + rng.uniform(-0.3, 0.3) * strength) + x.mean()
+    x = cv2.GaussianBlur(x, (0, 0), 0.3 + rng.uniform(0.2, 1.7) * strength)
     height, width = x.shape[:2]
     yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
     angle = rng.uniform(0, 2 * np.pi)
-    x = x * (1 + rng.uniform(0.2, 0.5) * (np.cos(angle) * xx + np.sin(angle) * yy - 0.5))[..., None]
-    x = x + rng.normal(0, 0.02, x.shape)
+    x = x * (1 + rng.uniform(0.2, 0.5) * strength * (np.cos(angle) * xx + np.sin(angle) * yy - 0.5))[..., None]
+    x = x + rng.normal(0, 0.02 * strength, x.shape)
     return (np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
@@ -114,8 +119,7 @@ def write_fire_benchmark(
             field = _smooth_field(photo.shape[:2], _WARP[category] * photo.shape[1], rng)
             query = _warp(photo, motion, field)
             query_fov = _warp(fov.astype(np.uint8), motion, field, nearest=True) > 0
-            if category == "A":
-                query = _change_appearance(query, rng) * query_fov[..., None]
+            query = _change_appearance(query, _LOOK[category], rng) * query_fov[..., None]
             points = _control_points(fov, query_fov, motion, field, points_per_pair, rng)
             for k, image in ((1, photo), (2, query)):
                 cv2.imwrite(str(out / "Images" / f"{name}_{k}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
