@@ -116,11 +116,15 @@ class TeacherStudentDistiller(Distiller):
         with torch.no_grad():
             teacher_logits = self.teacher(image)
         losses = {"task": self.task.loss(student_logits, batch)}
+        losses.update(self.distillation_losses(batch, student_logits, teacher_logits))
+        return losses
+
+    def distillation_losses(self, batch: dict[str, Tensor], student_logits: Tensor, teacher_logits: Tensor) -> dict[str, Tensor]:
+        """Named, weighted distillation terms; by default the one term of :meth:`distillation_loss`."""
         term = self.distillation_loss(
             student_logits, teacher_logits, self.student_tap.features, self.teacher_tap.features
         )
-        losses[self.method_name] = self.weight * term
-        return losses
+        return {self.method_name: self.weight * term}
 
     def distillation_loss(
         self,

@@ -62,12 +62,9 @@ class StructuredDistiller(TeacherStudentDistiller):
     def feature_losses(self, batch, student_features, teacher_features) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def distillation_losses(self, batch, student_logits, teacher_logits) -> dict[str, Tensor]:
         image = batch["image"]
-        student_logits = self.student(image)
-        with torch.no_grad():
-            teacher_logits = self.teacher(image)
-        losses = {"task": self.task.loss(student_logits, batch)}
+        losses = {}
         if self.pixel_weight:
             losses["pixel"] = self.pixel_weight * kd_loss(student_logits, teacher_logits, self.temperature)
         if self.weight:
