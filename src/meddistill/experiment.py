@@ -30,7 +30,7 @@ from .config import ExperimentConfig, build_dataclass, config_to_dict, load_conf
 from .cost import measure_cost
 from .data import VesselSample, load_dataset
 from .distill import METHODS, GKDDistiller
-from .engine import evaluate_samples
+from .engine import evaluate_samples, training_fov_diameter
 from .errors import MeddistillError
 from .fsd import frechet_semantic_distance, load_gkd_alignment
 from .inference import predict_probability
@@ -233,24 +233,26 @@ def evaluate_runs(
     cache_path = out / "metrics.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     results: dict[str, dict[str, Any]] = {}
+    diameters: dict[str, float] = {}
     for run in [teacher, *students]:
         if run_state(run.run_dir, run.config.train.epochs) != "done":
             print(f"skipping {run.label}: run not finished", flush=True)
             continue
         check_run_config(run)
         net, meta = load_model(run.run_dir / "best")
-        key = f"{run.run_dir}@{meta['epoch']}"
+        fov = meta.get("fov_diameter_px") or _training_diameter(run.config, diameters)
+        key = f"{run.run_dir}@{meta['epoch']}@{fov:.1f}px"
         entry = cache.get(key, {})
         for name, samples in datasets.items():
             if name not in entry:
-                entry[name] = evaluate_samples(net, samples, "cpu", meta.get("fov_diameter_px"))
+                entry[name] = evaluate_samples(net, samples, "cpu", fov)
                 cache[key] = entry
                 out.mkdir(parents=True, exist_ok=True)
                 cache_path.write_text(json.dumps(cache, indent=2))
                 print(run.label, name, json.dumps(entry[name]), flush=True)
-        results[run.label] = {"run": run, "metrics": entry, "model": meta["model"], "fov": meta.get("fov_diameter_px")}
+        results[run.label] = {"run": run, "metrics": entry, "model": meta["model"], "fov": fov}
         if METHODS.get(run.variant.method) is GKDDistiller:
-            results[run.label]["fsd"] = _fsd(run, net, datasets, meta.get("fov_diameter_px"))
+            results[run.label]["fsd"] = _fsd(run, net, datasets, fov)
     if with_cost:
         costs: dict[str, Any] = {}
         for result in results.values():
@@ -261,6 +263,14 @@ def evaluate_runs(
                 costs[architecture] = measure_cost(net, (1, 3, grid.cost_size, grid.cost_size), threads=grid.threads, repeats=10)
             result["cost"] = costs[architecture]
     return results
+
+
+def _training_diameter(config: ExperimentConfig, known: dict[str, float]) -> float:
+    """The training images' FOV diameter, for checkpoints written before it was recorded in them."""
+    key = json.dumps(config_to_dict(config)["data"], sort_keys=True)
+    if key not in known:
+        known[key] = training_fov_diameter(build_samples(config.data, config.seed)[0])
+    return known[key]
 
 
 def _fsd(run: Run, student, datasets: dict[str, list[VesselSample]], fov: float | None) -> dict[str, dict[str, float]]:
