@@ -61,7 +61,7 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
     assert by_label["enet / gkd"]["FSD unseen"] and by_label["enet / none"]["FSD unseen"]
     assert not by_label["enet / kd"]["FSD unseen"]
     assert (out / "results.md").read_text().count("\n| ") >= 4
-    assert sorted(p.name for p in (out / "figures").iterdir()) == ["phantom__held_out_.png", "unseen.png"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["phantom__held_out_.jpg", "unseen.jpg"]
     # a second call finds every run done and every metric cached
     again = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"])
     assert again.exit_code == 0 and "$ meddistill" not in again.output

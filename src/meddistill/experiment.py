@@ -345,7 +345,7 @@ def write_figures(results: dict[str, dict[str, Any]], datasets: dict[str, list[V
             net = load_model(result["run"].run_dir / "best")[0]
             prob = predict_probability(net, sample.image, sample.fov, fov_diameter_px=result["fov"])
             panels[label] = overlay(sample.image, prob >= 0.5, sample.vessels)
-        path = figures / f"{''.join(c if c.isalnum() else '_' for c in name)}.png"
+        path = figures / f"{''.join(c if c.isalnum() else '_' for c in name)}.jpg"  # photos: JPEG keeps the docs small
         plot_panels(panels, path, columns=min(len(panels), 5))
         written.append(path)
     return written
