@@ -1,6 +1,7 @@
 """`meddistill experiment`: a whole cross-domain grid on phantoms, driven as a user would."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -65,6 +66,15 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
     # a second call finds every run done and every metric cached
     again = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"])
     assert again.exit_code == 0 and "$ meddistill" not in again.output
+    # a checkpoint written before FOV diameters were recorded is evaluated at its training scale all the same
+    best = tmp_path / "runs" / "g-enet-none" / "best.json"
+    meta = json.loads(best.read_text())
+    del meta["fov_diameter_px"]
+    best.write_text(json.dumps(meta))
+    (out / "metrics.json").unlink()
+    assert CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"]).exit_code == 0
+    again_rows = {r["model / method"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert again_rows["enet / none"]["F1 unseen"] == by_label["enet / none"]["F1 unseen"]
     # a finished run trained with other settings is never silently reused
     student = yaml.safe_load((tmp_path / "student.yaml").read_text())
     student["train"]["epochs"] = 2
