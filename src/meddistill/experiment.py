@@ -216,7 +216,8 @@ def train_runs(runs: list[Run], parallel: int) -> None:
                 print(f"finished {run.config.name}", flush=True)
 
 
-def _datasets(grid: GridConfig, source: ExperimentConfig) -> dict[str, list[VesselSample]]:
+def load_grid_datasets(grid: GridConfig, source: ExperimentConfig) -> dict[str, list[VesselSample]]:
+    """The source's held-out images, then every target dataset, by table name."""
     _, held_out = build_samples(source.data, source.seed)
     if not held_out:
         raise MeddistillError("the student config holds out no source images (data.val_fraction is 0)")
@@ -226,10 +227,17 @@ def _datasets(grid: GridConfig, source: ExperimentConfig) -> dict[str, list[Vess
 
 
 def evaluate_runs(
-    grid: GridConfig, teacher: Run, students: list[Run], out: Path, with_cost: bool = True
+    grid: GridConfig,
+    teacher: Run,
+    students: list[Run],
+    datasets: dict[str, list[VesselSample]],
+    out: Path,
+    with_cost: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per dataset (cached in ``out/metrics.json``), FSD of GKD runs, and cost."""
-    datasets = _datasets(grid, students[0].config)
+    """Metrics per dataset (cached in ``out/metrics.json``), FSD of GKD runs, and cost.
+
+    Each result holds the loaded best checkpoint as ``net``, for the figures.
+    """
     cache_path = out / "metrics.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     results: dict[str, dict[str, Any]] = {}
@@ -250,7 +258,7 @@ def evaluate_runs(
                 out.mkdir(parents=True, exist_ok=True)
                 cache_path.write_text(json.dumps(cache, indent=2))
                 print(run.label, name, json.dumps(entry[name]), flush=True)
-        results[run.label] = {"run": run, "metrics": entry, "model": meta["model"], "fov": fov}
+        results[run.label] = {"run": run, "net": net, "metrics": entry, "fov": fov}
         if METHODS.get(run.variant.method) is GKDDistiller:
             results[run.label]["fsd"] = _fsd(run, net, datasets, fov)
     if with_cost:
@@ -259,8 +267,8 @@ def evaluate_runs(
             run = result["run"]
             architecture = json.dumps([run.config.student.name, run.config.student.args])
             if architecture not in costs:
-                net = load_model(run.run_dir / "best")[0]
-                costs[architecture] = measure_cost(net, (1, 3, grid.cost_size, grid.cost_size), threads=grid.threads, repeats=10)
+                shape = (1, 3, grid.cost_size, grid.cost_size)
+                costs[architecture] = measure_cost(result["net"], shape, threads=grid.threads, repeats=10)
             result["cost"] = costs[architecture]
     return results
 
@@ -342,8 +350,7 @@ def write_figures(results: dict[str, dict[str, Any]], datasets: dict[str, list[V
         sample = samples[0]
         panels = {"image": sample.image, "truth": sample.vessels.astype(np.uint8) * 255}
         for label, result in results.items():
-            net = load_model(result["run"].run_dir / "best")[0]
-            prob = predict_probability(net, sample.image, sample.fov, fov_diameter_px=result["fov"])
+            prob = predict_probability(result["net"], sample.image, sample.fov, fov_diameter_px=result["fov"])
             panels[label] = overlay(sample.image, prob >= 0.5, sample.vessels)
         path = figures / f"{''.join(c if c.isalnum() else '_' for c in name)}.jpg"  # photos: JPEG keeps the docs small
         plot_panels(panels, path, columns=min(len(panels), 5))
@@ -359,9 +366,10 @@ def run_grid(path: str | Path, train: bool = True, with_cost: bool = True) -> st
         train_runs([teacher], 1)
         train_runs(students, grid.jobs)
     out = Path(grid.out)
-    results = evaluate_runs(grid, teacher, students, out, with_cost)
+    datasets = load_grid_datasets(grid, students[0].config)
+    results = evaluate_runs(grid, teacher, students, datasets, out, with_cost)
     if not results:
         raise MeddistillError("no finished runs to report yet")
     markdown = write_table(results, out, grid)
-    write_figures(results, _datasets(grid, students[0].config), out)
+    write_figures(results, datasets, out)
     return markdown
