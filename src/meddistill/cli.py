@@ -270,17 +270,17 @@ def evaluate_fsd(
     native_scale: NativeScaleOpt = False,
 ) -> None:
     """Fréchet Semantic Distance of the teacher, the starting student and the distilled student."""
-    from .checkpoint import read_meta
     from .data import load_dataset
     from .fsd import frechet_semantic_distance, load_gkd_alignment
     from .zoo import load_model
 
     gkd, patch_size = load_gkd_alignment(run)
     samples = load_dataset(dataset, root)
-    scale = _training_scale(read_meta(run / "best"), native_scale)
+    distilled, meta = load_model(run / "best")
+    scale = _training_scale(meta, native_scale)
     scored = {"teacher": (gkd.teacher, gkd.teacher_alignment), "student (start)": (gkd.student, gkd.student_alignment),
-              "student (distilled)": (load_model(run / "best")[0], gkd.student_alignment)}
-    scored.update({name: (load_model(name, expect=read_meta(run / "best")["model"])[0], gkd.student_alignment) for name in model or []})
+              "student (distilled)": (distilled, gkd.student_alignment)}
+    scored.update({name: (load_model(name, expect=meta["model"])[0], gkd.student_alignment) for name in model or []})
     results = {
         name: frechet_semantic_distance(net, header, gkd.autoencoder, samples, patch_size, scale)
         for name, (net, header) in scored.items()
