@@ -67,8 +67,10 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatc
     trainer.config.train.epochs = 1
     trainer.fit()
     good = _weights(trainer.run_dir)
-    original = SegmentationTask.loss
-    monkeypatch.setattr(SegmentationTask, "loss", lambda self, logits, batch: original(self, logits, batch) * float("nan"))
+    original = SegmentationTask.losses
+    monkeypatch.setattr(
+        SegmentationTask, "losses", lambda self, logits, batch: {k: v * float("nan") for k, v in original(self, logits, batch).items()}
+    )
     with pytest.raises(MeddistillError, match="training diverged: loss is nan at epoch 1 step 0"):
         train(config_from_dict(values), resume=True, progress=False)
     kept = _weights(trainer.run_dir)

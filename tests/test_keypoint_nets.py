@@ -23,7 +23,7 @@ from meddistill.registration.losses import (
     superpoint_detector_loss,
     triplet_descriptor_loss,
 )
-from meddistill.registration.networks import KEYPOINT_NETWORKS
+from meddistill.models import KEYPOINT_NETWORKS, MODELS
 
 
 def test_vessel_junctions_of_a_cross_and_a_fork():
@@ -140,10 +140,10 @@ def test_superpoint_descriptor_loss_by_hand():
     assert superpoint_descriptor_loss(same, same, centres).item() == pytest.approx(0.4, abs=1e-4)
 
 
-@pytest.mark.parametrize("name", KEYPOINT_NETWORKS.names())
+@pytest.mark.parametrize("name", sorted(KEYPOINT_NETWORKS))
 def test_keypoint_networks_shapes_and_gradients(name):
     torch.manual_seed(0)
-    net = KEYPOINT_NETWORKS.build(name)
+    net = MODELS.build(name)
     image = torch.rand(1, 1, 64, 64)
     out = net(image)
     assert out.heatmap.shape == (1, 1, 64, 64)
@@ -156,4 +156,4 @@ def test_keypoint_networks_shapes_and_gradients(name):
 
 def test_unknown_keypoint_network_is_a_clear_error():
     with pytest.raises(MeddistillError, match="did you mean"):
-        KEYPOINT_NETWORKS.build("superretina-lj")
+        MODELS.build("superretina-lj")

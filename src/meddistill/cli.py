@@ -102,13 +102,13 @@ def evaluate_segmentation(
 ) -> None:
     """Vessel-segmentation metrics inside the field of view, pooled over all images."""
     from .data import load_dataset
-    from .engine import evaluate_samples
+    from .inference import evaluate_samples
     from .zoo import load_model
 
     samples = load_dataset(dataset, root)
     results = {}
     for name in model:
-        net, meta = load_model(name)
+        net, meta = load_model(name, task="vessel-segmentation")
         results[name] = evaluate_samples(net, samples, "cpu", _training_scale(meta, native_scale))
     table = Table(title=f"{dataset} at {root} ({len(samples)} images)")
     table.add_column("model")
@@ -136,9 +136,23 @@ def experiment(
     console.print(run_grid(grid, train=train, with_cost=cost))
 
 
-RegistrationMethodOpt = Annotated[str, typer.Option(help="Keypoint method: sift.")]
+RegistrationMethodOpt = Annotated[str, typer.Option(
+    help="Keypoint method: sift, superpoint, superretina, superretina-lk, superretina-swin or retina-student.")]
+WeightsOpt = Annotated[Optional[str], typer.Option(help="Checkpoint for a learned method (default: its shipped weights).")]
 MatcherOpt = Annotated[Optional[str], typer.Option(help="Matcher: mnn (default: the method's best).")]
 TransformOpt = Annotated[str, typer.Option("--model", help="Transform: affine (3-point RANSAC + refit) or homography (MAGSAC++).")]
+
+
+def _keypoint_method(method: str, weights: str | None):
+    """The keypoint method a user named, built once (``--weights`` for learned ones only)."""
+    from .registration import KEYPOINT_METHODS
+
+    factory = KEYPOINT_METHODS.get(method)
+    if weights is None:
+        return factory()
+    if method == "sift":
+        raise MeddistillError("--weights is for learned methods; sift has none")
+    return factory(weights=weights)
 
 
 @evaluate_app.command("fire")
@@ -148,6 +162,7 @@ def evaluate_fire(
     method: RegistrationMethodOpt = "sift",
     matcher: MatcherOpt = None,
     model: TransformOpt = "affine",
+    weights: WeightsOpt = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-pair results and the summary as JSON.")] = None,
 ) -> None:
     """The FIRE protocol: failed / inaccurate / acceptable, AUC per category (S, P, A) and mAUC."""
@@ -157,9 +172,10 @@ def evaluate_fire(
     from .registration import load_fire, register_images, score_pair, summarize
 
     pairs = load_fire(root)
+    detector = _keypoint_method(method, weights)
     outcomes, seconds = [], []
     for pair in track(pairs, description=f"{method} on {len(pairs)} pairs", console=console):
-        result = register_images(read_rgb(pair.fixed), read_rgb(pair.moving), method, matcher, model)
+        result = register_images(read_rgb(pair.fixed), read_rgb(pair.moving), detector, matcher, model)
         outcomes.append(score_pair(pair, result.transform))
         seconds.append(result.seconds)
     summary = summarize(outcomes) | {"seconds_per_pair": float(sum(seconds) / len(seconds))}
@@ -182,6 +198,7 @@ def register(
     method: RegistrationMethodOpt = "sift",
     matcher: MatcherOpt = None,
     model: TransformOpt = "affine",
+    weights: WeightsOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Warped moving image (PNG), on the fixed image's grid.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Result JSON: status, transform, matches, inliers, seconds.")] = None,
     figures: Annotated[Optional[Path], typer.Option(help="Folder for match-line, checkerboard and overlay figures.")] = None,
@@ -195,9 +212,11 @@ def register(
     from .registration import register_images, warp_to_fixed
     from .registration.figures import registration_figures
 
+    detector = _keypoint_method(method, weights)
+
     def run_one(fixed_path: Path, moving_path: Path, warped_path: Path | None, json_path: Path | None, figure_dir: Path | None, stem: str):
         fixed, moving = read_rgb(fixed_path), read_rgb(moving_path)
-        result = register_images(fixed, moving, method, matcher, model)
+        result = register_images(fixed, moving, detector, matcher, model)
         if warped_path is not None and result.transform is not None:
             write_png(warped_path, warp_to_fixed(moving, result.transform, fixed.shape))
         if json_path is not None:
@@ -333,7 +352,7 @@ def segment(
     paths = _expand_image_paths(images)
     # Read every image first so a bad file fails before any work is done.
     loaded = [(path, read_rgb(path)) for path in paths]
-    net, meta = load_model(model)
+    net, meta = load_model(model, task="vessel-segmentation")
     stems = [path.stem for path in paths]
     if len(set(stems)) != len(stems):
         raise MeddistillError("two input images share a file name stem; their outputs would overwrite each other")
@@ -376,7 +395,7 @@ def bench(
     from .cost import measure_cost
     from .zoo import load_model
 
-    nets = {name: load_model(name)[0] for name in model}
+    nets = {name: load_model(name, task="vessel-segmentation")[0] for name in model}
     table = Table(title=f"CPU cost, 1×3×{size}×{size}, {threads} thread(s)")
     for column in ("model", "params (M)", "GFLOPs", "median ms", "IQR ms", "peak MiB"):
         table.add_column(column, justify="right")

@@ -45,6 +45,14 @@ class DataConfig:
 
 
 @dataclass
+class TaskConfig:
+    """The kind of problem (see ``meddistill.tasks.TASKS``) and its arguments."""
+
+    name: str = "vessel-segmentation"  # vessel-segmentation | retinal-keypoints
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class MethodConfig:
     """The distillation method and its arguments (see ``meddistill.distill.METHODS``)."""
 
@@ -73,7 +81,7 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 8
-    loss: str = "dice_ce"  # ce | dice_ce: supervised segmentation loss
+    loss: str = "dice_ce"  # ce | dice_ce: the segmentation task's supervised loss
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     grad_clip: float | None = 1.0  # max global grad norm; null disables
@@ -92,6 +100,7 @@ class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
     output: str = "runs"
+    task: TaskConfig = field(default_factory=TaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     student: NetworkConfig = field(default_factory=NetworkConfig)
     teacher: NetworkConfig | None = None

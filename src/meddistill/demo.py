@@ -18,8 +18,8 @@ from rich.table import Table
 from .builders import phantom_samples
 from .config import config_from_dict
 from .cost import measure_cost
-from .engine import evaluate_samples, resolve_device, train
-from .inference import predict_probability
+from .engine import resolve_device, train
+from .inference import evaluate_samples, predict_probability
 from .report import overlay, plot_panels, plot_training_curves
 from .zoo import load_model
 

@@ -24,15 +24,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .builders import build_configured_network, build_samples, build_teacher
+from .builders import build_configured_network, build_teacher
 from .checkpoint import load_state, load_training_state, load_weights, save_model, save_training_state
 from .config import ExperimentConfig, OptimizerConfig, ScheduleConfig, config_to_dict, save_config
-from .data import PatchDataset, VesselSample, fov_diameter
 from .distill import METHODS, build_distiller
 from .errors import MeddistillError
-from .inference import predict_probability
-from .metrics import MetricAccumulator
-from .tasks import SegmentationTask
+from .tasks import build_task
 
 console = Console(stderr=True)
 
@@ -100,26 +97,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def evaluate_samples(
-    model: nn.Module, samples: list[VesselSample], device: torch.device | str, fov_diameter_px: float | None = None
-) -> dict[str, float]:
-    """Metrics of ``model`` pooled over whole images, inside each image's field of view.
-
-    ``fov_diameter_px`` rescales each image to that field-of-view diameter first (see
-    :func:`~meddistill.inference.predict_probability`); metrics are at the original size.
-    """
-    accumulator = MetricAccumulator()
-    for sample in samples:
-        prob = predict_probability(model, sample.image, sample.fov, fov_diameter_px=fov_diameter_px, device=device)
-        accumulator.update(prob, sample.vessels, sample.fov)
-    return accumulator.compute()
-
-
-def training_fov_diameter(samples: list[VesselSample]) -> float:
-    """Median field-of-view diameter (pixels) of training images: the scale a model learnt."""
-    return float(np.median([fov_diameter(s.fov) for s in samples]))
-
-
 class _Distributed:
     """Process-group facts, from the environment ``torchrun`` sets."""
 
@@ -173,15 +150,9 @@ class Trainer:
         self.run_dir = config.run_dir
         seed_everything(config.seed, config.train.deterministic)
 
-        self.train_samples, self.val_samples = build_samples(config.data, config.seed)
-        self.fov_diameter_px = training_fov_diameter(self.train_samples)
-        self.dataset = PatchDataset(
-            self.train_samples,
-            patch_size=config.data.patch_size,
-            patches_per_image=config.data.patches_per_image,
-            augment=config.data.augment,
-            seed=config.seed,
-        )
+        self.task = build_task(config)
+        data = self.task.build_data(config.data, config.seed)
+        self.dataset, self.val_samples, self.task_meta = data.dataset, data.validation, data.meta
         self.sampler = (
             DistributedSampler(self.dataset, shuffle=True, seed=config.seed, drop_last=True)
             if self.dist.enabled
@@ -215,7 +186,7 @@ class Trainer:
             config.method.name,
             self.student,
             teacher,
-            SegmentationTask(config.train.loss),
+            self.task,
             example,
             config.method.args,
         ).to(self.device)
@@ -249,9 +220,9 @@ class Trainer:
         return {
             "model": self.config.student.name,
             "args": self.config.student.args,
-            "task": "vessel-segmentation",
+            "task": self.task.name,
             "method": self.config.method.name,
-            "fov_diameter_px": self.fov_diameter_px,
+            **self.task_meta,
             "epoch": epoch,
             "metrics": metrics,
             "config": config_to_dict(self.config),
@@ -401,7 +372,7 @@ class Trainer:
             return {}
         if epoch % self.config.train.val_every and not last:
             return {}
-        return evaluate_samples(self.student, self.val_samples, self.device)
+        return self.task.validate(self.student, self.val_samples, self.device)
 
     def _update_best(self, epoch: int, metrics: dict[str, float]) -> bool:
         if not metrics:  # no validation this epoch (or no validation set): the latest is best

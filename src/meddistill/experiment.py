@@ -28,12 +28,11 @@ import numpy as np
 from .builders import build_samples
 from .config import ExperimentConfig, build_dataclass, config_to_dict, load_config, read_yaml
 from .cost import measure_cost
-from .data import VesselSample, load_dataset
+from .data import VesselSample, load_dataset, training_fov_diameter
 from .distill import METHODS, GKDDistiller
-from .engine import evaluate_samples, training_fov_diameter
 from .errors import MeddistillError
 from .fsd import frechet_semantic_distance, load_gkd_alignment
-from .inference import predict_probability
+from .inference import evaluate_samples, predict_probability
 from .report import overlay, plot_panels
 from .zoo import load_model
 

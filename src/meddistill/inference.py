@@ -10,8 +10,13 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from .data import compute_fov, normalize_image, rescale_to_fov_diameter, write_png
-from .tasks import SegmentationTask
+from .data import VesselSample, compute_fov, normalize_image, rescale_to_fov_diameter, write_png
+from .metrics import MetricAccumulator
+
+
+def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
+    """Foreground probability ``(B, *spatial)`` of a binary segmentation's logits ``(B, 2, *spatial)``."""
+    return torch.softmax(logits.float(), dim=1)[:, 1]
 
 
 @torch.inference_mode()
@@ -44,10 +49,25 @@ def predict_probability(
         logits = model(x)
     else:
         logits = sliding_window_inference(x, (tile, tile), 1, model, overlap=overlap, mode="gaussian")
-    prob = SegmentationTask.probabilities(logits)[0].cpu().numpy()
+    prob = foreground_probability(logits)[0].cpu().numpy()
     if prob.shape != fov.shape:
         prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
     return np.where(fov, prob, 0.0).astype(np.float32)
+
+
+def evaluate_samples(
+    model: nn.Module, samples: list[VesselSample], device: torch.device | str, fov_diameter_px: float | None = None
+) -> dict[str, float]:
+    """Metrics of ``model`` pooled over whole images, inside each image's field of view.
+
+    ``fov_diameter_px`` rescales each image to that field-of-view diameter first (see
+    :func:`predict_probability`); metrics are at the original size.
+    """
+    accumulator = MetricAccumulator()
+    for sample in samples:
+        prob = predict_probability(model, sample.image, sample.fov, fov_diameter_px=fov_diameter_px, device=device)
+        accumulator.update(prob, sample.vessels, sample.fov)
+    return accumulator.compute()
 
 
 def segment_to_files(

@@ -1,22 +1,69 @@
-"""Tasks: the supervised loss and the prediction rule of one kind of problem.
+"""Tasks: everything that differs between kinds of problem, behind one interface.
 
-A distiller asks its task for the supervised term, so one distillation method serves
-2D and 3D segmentation alike (and, later, registration with its own task).
+A task turns the data section of a config into a training dataset and a validation set,
+says what the networks see (``inputs``), gives the supervised loss terms and validates a
+model. The engine and the distillers talk to the task only, so one engine trains vessel
+segmenters and retinal keypoint networks alike.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 from monai.losses import DiceCELoss
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
+from .config import DataConfig, ExperimentConfig
 from .errors import MeddistillError
+from .registry import Registry
 
 SEGMENTATION_LOSSES = ("ce", "dice_ce")
 
+TASKS: Registry[type["Task"]] = Registry("task")
 
-class SegmentationTask(nn.Module):
-    """Multi-class segmentation from logits ``(B, K, *spatial)`` and labels ``(B, *spatial)``."""
+
+@dataclass
+class TaskData:
+    """What a task trains and validates on. ``dataset`` items are dicts of tensors and the
+    dataset has ``set_epoch(epoch)``; ``meta`` goes into every checkpoint's metadata."""
+
+    dataset: Dataset
+    validation: list
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(nn.Module):
+    """Base of every task (an ``nn.Module`` so loss modules move with the distiller)."""
+
+    name = "task"
+
+    def inputs(self, batch: dict[str, Tensor]) -> Tensor:
+        """The tensor the networks are called on."""
+        return batch["image"]
+
+    def losses(self, output: Any, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Named supervised loss terms of the networks' ``output`` on ``batch``."""
+        raise NotImplementedError
+
+    def loss(self, output: Any, batch: dict[str, Tensor]) -> Tensor:
+        return sum(self.losses(output, batch).values())
+
+    def build_data(self, data: DataConfig, seed: int) -> TaskData:
+        raise NotImplementedError
+
+    def validate(self, model: nn.Module, validation: list, device: torch.device) -> dict[str, float]:
+        raise NotImplementedError
+
+
+@TASKS.register("vessel-segmentation")
+class SegmentationTask(Task):
+    """Multi-class segmentation from logits ``(B, K, *spatial)`` and labels ``(B, *spatial)``;
+    trained on random patches, validated on whole images."""
+
+    name = "vessel-segmentation"
 
     def __init__(self, loss: str = "dice_ce") -> None:
         super().__init__()
@@ -27,13 +74,37 @@ class SegmentationTask(nn.Module):
             DiceCELoss(to_onehot_y=True, softmax=True) if loss == "dice_ce" else nn.CrossEntropyLoss()
         )
 
-    def loss(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    def losses(self, output: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         labels = batch["label"]
         if self.loss_name == "dice_ce":
-            return self.criterion(logits, labels.unsqueeze(1))
-        return self.criterion(logits, labels)
+            return {"task": self.criterion(output, labels.unsqueeze(1))}
+        return {"task": self.criterion(output, labels)}
 
-    @staticmethod
-    def probabilities(logits: Tensor) -> Tensor:
-        """Foreground probability ``(B, *spatial)`` of a binary segmentation."""
-        return torch.softmax(logits.float(), dim=1)[:, 1]
+    def build_data(self, data: DataConfig, seed: int) -> TaskData:
+        from .builders import build_samples
+        from .data import PatchDataset, training_fov_diameter
+
+        train, validation = build_samples(data, seed)
+        dataset = PatchDataset(
+            train, patch_size=data.patch_size, patches_per_image=data.patches_per_image, augment=data.augment, seed=seed
+        )
+        return TaskData(dataset, validation, {"fov_diameter_px": training_fov_diameter(train)})
+
+    def validate(self, model: nn.Module, validation: list, device: torch.device) -> dict[str, float]:
+        from .inference import evaluate_samples
+
+        return evaluate_samples(model, validation, device)
+
+
+def build_task(config: ExperimentConfig) -> Task:
+    """The task a config names, with its arguments (segmentation takes ``train.loss``)."""
+    from . import registration  # noqa: F401  (registers the keypoint task)
+
+    cls = TASKS.get(config.task.name)
+    args = dict(config.task.args)
+    if cls is SegmentationTask:
+        args.setdefault("loss", config.train.loss)
+    try:
+        return cls(**args)
+    except TypeError as err:
+        raise MeddistillError(f"task '{config.task.name}': {err}".replace("__init__() ", "")) from None

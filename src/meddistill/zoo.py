@@ -44,13 +44,18 @@ def build_network(name: str, args: dict[str, Any] | None = None) -> nn.Module:
         raise MeddistillError(f"model '{name}': {err}".replace("__init__() ", "")) from None
 
 
-def load_model(name_or_path: str | Path, expect: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(
+    name_or_path: str | Path, expect: str | None = None, task: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Build the network a checkpoint describes and load its weights (no code is run).
 
-    ``expect`` names the architecture the caller needs; another one is a user error.
+    ``expect`` names the architecture and ``task`` the kind of problem the caller needs;
+    another one is a user error.
     """
     stem = resolve_checkpoint(name_or_path)
     meta = read_meta(stem)
+    if task is not None and meta.get("task", "vessel-segmentation") != task:
+        raise MeddistillError(f"{name_or_path} is a {meta.get('task', 'vessel-segmentation')} model, not a {task} one")
     if expect is not None and meta["model"] != expect:
         raise MeddistillError(
             f"checkpoint {stem} holds a '{meta['model']}' network, but this config expects '{expect}'"

@@ -12,7 +12,7 @@ from .datasets import (
     load_stare,
     split_samples,
 )
-from .fov import compute_fov, fov_diameter, rescale_to_fov_diameter
+from .fov import compute_fov, fov_diameter, rescale_to_fov_diameter, training_fov_diameter
 from .io import IMAGE_SUFFIXES, read_mask, read_rgb, write_png
 from .patches import PatchDataset, normalize_image
 from .phantom import FundusPhantom, make_fundus_phantom, make_phantom_dataset
@@ -38,6 +38,7 @@ __all__ = [
     "read_mask",
     "read_rgb",
     "rescale_to_fov_diameter",
+    "training_fov_diameter",
     "split_samples",
     "write_png",
 ]

@@ -58,6 +58,12 @@ def fov_diameter(fov: np.ndarray) -> float:
     return float(columns[-1] - columns[0] + 1) if columns.size else 0.0
 
 
+def training_fov_diameter(samples) -> float:
+    """Median field-of-view diameter (pixels) of training samples (each with a ``fov`` mask):
+    the scale a model learnt."""
+    return float(np.median([fov_diameter(s.fov) for s in samples]))
+
+
 def rescale_to_fov_diameter(
     image: np.ndarray, fov: np.ndarray, fov_diameter_px: float | None, masks: tuple[np.ndarray, ...] = ()
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..errors import MeddistillError
 from ..registry import Registry
-from ..tasks import SegmentationTask
+from ..tasks import Task
 from .hooks import FeatureTap, tap_points
 from .losses import at_loss, fsp_loss, hint_loss, kd_loss
 
@@ -41,7 +41,7 @@ class Distiller(nn.Module):
     needs_teacher = False
     needs_trained_student = False  # True: the config must give student.weights to start from
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, task: SegmentationTask) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, task: Task) -> None:
         super().__init__()
         # Looked up once: the name keys this method's loss term on every training step.
         self.method_name = next((n for n in METHODS if METHODS.get(n) is type(self)), type(self).__name__)
@@ -76,8 +76,7 @@ class Distiller(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        logits = self.student(batch["image"])
-        return {"task": self.task.loss(logits, batch)}
+        return self.task.losses(self.student(self.task.inputs(batch)), batch)
 
 
 @METHODS.register("none")
@@ -111,11 +110,11 @@ class TeacherStudentDistiller(Distiller):
         return channels(self.student_tap), channels(self.teacher_tap)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        image = batch["image"]
+        image = self.task.inputs(batch)
         student_logits = self.student(image)
         with torch.no_grad():
             teacher_logits = self.teacher(image)
-        losses = {"task": self.task.loss(student_logits, batch)}
+        losses = self.task.losses(student_logits, batch)
         losses.update(self.distillation_losses(batch, student_logits, teacher_logits))
         return losses
 
@@ -226,7 +225,7 @@ def build_distiller(
     name: str,
     student: nn.Module,
     teacher: nn.Module | None,
-    task: SegmentationTask,
+    task: Task,
     example: Tensor,
     args: dict | None = None,
 ) -> Distiller:

@@ -1,4 +1,5 @@
-"""2D segmentation networks: the FANet teacher and the MobileNetV2-UNet and ENet students.
+"""Networks by name: the 2D segmenters (FANet teacher, MobileNetV2-UNet and ENet students) and
+the retinal keypoint networks (SuperPoint, SuperRetina and its variants, see ``keypoints``).
 
 Build one by name with ``MODELS.build("enet", in_channels=3, out_channels=2)``.
 """
@@ -7,11 +8,14 @@ from ..registry import Registry
 from .blocks import SegmentationNet, pad_to_multiple
 from .enet import ENet
 from .fanet import FANet
+from .keypoints import KEYPOINT_NETWORKS, KeypointOutput
 from .mobilenet_unet import MobileNetV2UNet
 
-MODELS: Registry[SegmentationNet] = Registry("model")
+MODELS: Registry = Registry("model")
 MODELS.register("fanet")(FANet)
 MODELS.register("mobilenetv2_unet")(MobileNetV2UNet)
 MODELS.register("enet")(ENet)
+for _name, _factory in KEYPOINT_NETWORKS.items():
+    MODELS.register(_name)(_factory)
 
-__all__ = ["MODELS", "ENet", "FANet", "MobileNetV2UNet", "SegmentationNet", "pad_to_multiple"]
+__all__ = ["KEYPOINT_NETWORKS", "MODELS", "ENet", "FANet", "KeypointOutput", "MobileNetV2UNet", "SegmentationNet", "pad_to_multiple"]

@@ -1,16 +1,20 @@
 """Retinal image registration: keypoints, matching, robust transforms, FIRE protocol."""
 
-from .features import KEYPOINT_METHODS, Features, match_mutual_nearest
+from .features import KEYPOINT_METHODS, Features, LearnedKeypoints, match_mutual_nearest
 from .fire import FirePair, PairOutcome, category_auc, load_fire, map_points, score_pair, summarize
 from .geometry import Estimate, estimate_transform, plausible
 from .pipeline import RegistrationResult, register_images, warp_to_fixed
 from .preprocess import preprocess_fundus, resize_matrix
+from .task import KeypointPairDataset, KeypointTask, warp_to_reference
 
 __all__ = [
     "KEYPOINT_METHODS",
     "Estimate",
     "Features",
     "FirePair",
+    "KeypointPairDataset",
+    "KeypointTask",
+    "LearnedKeypoints",
     "PairOutcome",
     "RegistrationResult",
     "category_auc",
@@ -25,4 +29,5 @@ __all__ = [
     "score_pair",
     "summarize",
     "warp_to_fixed",
+    "warp_to_reference",
 ]

@@ -6,8 +6,12 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
+from torch import nn
 
+from ..errors import MeddistillError
 from ..registry import Registry
+from .keypoints import heatmap_peaks, sample_descriptors
 
 
 @dataclass
@@ -38,6 +42,66 @@ class SIFT:
         if not keypoints:
             return Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32))
         return Features(np.array([k.pt for k in keypoints], np.float32), descriptors.astype(np.float32))
+
+
+class LearnedKeypoints:
+    """Keypoints and descriptors from a keypoint network (SuperPoint, SuperRetina and kin).
+
+    The heatmap is read out by non-maximum suppression (radius ``nms_radius`` px, threshold
+    ``threshold``, ``border`` px margin, SuperRetina's inference settings); descriptors are
+    sampled from the 1/8-resolution map at the keypoints.
+    """
+
+    default_matcher = "mnn"
+
+    def __init__(
+        self,
+        network: nn.Module,
+        nms_radius: int = 10,
+        threshold: float = 0.01,
+        border: int = 4,
+        max_keypoints: int = 2000,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.network = network.eval().to(device)
+        self.nms_radius, self.threshold, self.border, self.max_keypoints = nms_radius, threshold, border, max_keypoints
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, name_or_path: str, **kwargs) -> "LearnedKeypoints":
+        from ..zoo import load_model
+
+        network, _ = load_model(name_or_path, task="retinal-keypoints")
+        return cls(network, **kwargs)
+
+    @torch.inference_mode()
+    def __call__(self, grey: np.ndarray) -> Features:
+        height, width = grey.shape
+        if height % 32 or width % 32:
+            raise MeddistillError(f"keypoint networks need image sides that are multiples of 32, got {width}×{height}")
+        image = torch.from_numpy(grey).float().div(255)[None, None].to(self.device)
+        output = self.network(image)
+        points, _ = heatmap_peaks(output.heatmap[0, 0], self.nms_radius, self.threshold, self.border, self.max_keypoints)
+        descriptors = sample_descriptors(output.descriptors[0], points, (height, width))
+        return Features(points.cpu().numpy().astype(np.float32), descriptors.cpu().numpy().astype(np.float32))
+
+
+def _shipped_keypoints(name: str):
+    """A registry factory for a learned method: its shipped weights, or a checkpoint path."""
+
+    def build(weights: str | None = None, **kwargs) -> LearnedKeypoints:
+        try:
+            return LearnedKeypoints.from_checkpoint(weights or name, **kwargs)
+        except MeddistillError as err:
+            if weights is None:
+                raise MeddistillError(f"no weights for method '{name}' are shipped yet; pass a checkpoint with --weights ({err})") from None
+            raise
+
+    return build
+
+
+for _name in ("superpoint", "superretina", "superretina-lk", "superretina-swin", "retina-student"):
+    KEYPOINT_METHODS.register(_name)(_shipped_keypoints(_name))
 
 
 def match_mutual_nearest(a: np.ndarray, b: np.ndarray, ratio: float = 0.9) -> np.ndarray:

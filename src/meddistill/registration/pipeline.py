@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from ..errors import MeddistillError
-from .features import KEYPOINT_METHODS, match_mutual_nearest
+from .features import KEYPOINT_METHODS, Features, match_mutual_nearest
 from .geometry import estimate_transform, plausible
 from .preprocess import preprocess_fundus, resize_matrix
 
@@ -52,7 +53,7 @@ def _check_pair(fixed: np.ndarray, moving: np.ndarray) -> None:
 def register_images(
     fixed: np.ndarray,
     moving: np.ndarray,
-    method: str = "sift",
+    method: str | Callable[[np.ndarray], Features] = "sift",
     matcher: str | None = None,
     model: str = "affine",
     size: int = 768,
@@ -61,13 +62,14 @@ def register_images(
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (both ``(H, W, 3)`` uint8, any sizes).
 
-    Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`; the transform is
+    ``method`` is a registered keypoint method's name or a built one (build it once to
+    register many pairs). Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`; the transform is
     estimated there and converted to original pixels. The result is ``failed`` (with a reason)
     when fewer than ``min_inliers`` matches, or fewer than ``min_inlier_ratio`` of them, agree,
     or when the transform is implausible (a reflection or an extreme scale).
     """
     _check_pair(fixed, moving)
-    detector = KEYPOINT_METHODS.build(method)
+    detector = KEYPOINT_METHODS.build(method) if isinstance(method, str) else method
     matcher = matcher or detector.default_matcher
     if matcher not in MATCHERS:
         raise MeddistillError(f"unknown matcher '{matcher}'; choose from {', '.join(MATCHERS)}")

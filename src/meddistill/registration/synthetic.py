@@ -102,6 +102,20 @@ def _control_points(fov, query_fov, motion, field, count: int, rng) -> np.ndarra
     raise MeddistillError("the synthetic pair overlaps too little to place control points")
 
 
+def synthetic_pair(
+    photo: np.ndarray, category: str, rng: np.random.Generator, points_per_pair: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """A query for ``photo`` (RGB uint8) in ``category`` S, P or A, and its control points
+    ``(points_per_pair, 4)`` rows x_ref y_ref x_query y_query."""
+    fov = compute_fov(photo)
+    motion = _random_motion(category, photo.shape[:2], rng)
+    field = _smooth_field(photo.shape[:2], _WARP[category] * photo.shape[1], rng)
+    query = _warp(photo, motion, field)
+    query_fov = _warp(fov.astype(np.uint8), motion, field, nearest=True) > 0
+    query = _change_appearance(query, _LOOK[category], rng) * query_fov[..., None]
+    return query, _control_points(fov, query_fov, motion, field, points_per_pair, rng)
+
+
 def write_fire_benchmark(
     photos: dict[str, np.ndarray], out: str | Path, seed: int = 0, points_per_pair: int = 10
 ) -> list[str]:
@@ -112,15 +126,9 @@ def write_fire_benchmark(
     rng = np.random.default_rng(seed)
     names = []
     for index, (_, photo) in enumerate(sorted(photos.items())):
-        fov = compute_fov(photo)
         for category in ("S", "P", "A"):
             name = f"{category}{index + 1:02d}"
-            motion = _random_motion(category, photo.shape[:2], rng)
-            field = _smooth_field(photo.shape[:2], _WARP[category] * photo.shape[1], rng)
-            query = _warp(photo, motion, field)
-            query_fov = _warp(fov.astype(np.uint8), motion, field, nearest=True) > 0
-            query = _change_appearance(query, _LOOK[category], rng) * query_fov[..., None]
-            points = _control_points(fov, query_fov, motion, field, points_per_pair, rng)
+            query, points = synthetic_pair(photo, category, rng, points_per_pair)
             for k, image in ((1, photo), (2, query)):
                 cv2.imwrite(str(out / "Images" / f"{name}_{k}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, 95])

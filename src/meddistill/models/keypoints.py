@@ -15,10 +15,6 @@ import torch.nn.functional as F
 from monai.networks.nets import SwinUNETR
 from torch import Tensor, nn
 
-from ..registry import Registry
-
-KEYPOINT_NETWORKS: Registry = Registry("keypoint network")
-
 
 class KeypointOutput(NamedTuple):
     heatmap: Tensor  # (B, 1, H, W) in [0, 1]
@@ -191,12 +187,22 @@ class SwinRetinaNet(nn.Module):
         return KeypointOutput(heatmap, self.descriptor(eighth))
 
 
-KEYPOINT_NETWORKS.register("superpoint")(SuperPointNet)
-KEYPOINT_NETWORKS.register("superretina")(SuperRetinaNet)
-KEYPOINT_NETWORKS.register("superretina-lk")(lambda **kw: SuperRetinaNet(large_kernel=True, **kw))
-KEYPOINT_NETWORKS.register("superretina-swin")(SwinRetinaNet)
-# The CPU student: SuperRetina at a quarter of the width with a narrow descriptor head; its
-# descriptors keep D = 256 so they can be distilled from the teacher's directly.
-KEYPOINT_NETWORKS.register("retina-student")(
-    lambda **kw: SuperRetinaNet(**{"channels": (16, 16, 32, 32), "descriptor_hidden": 64, **kw})
-)
+def large_kernel_superretina(**kwargs) -> SuperRetinaNet:
+    """LK-SuperRetina: SuperRetina with 1×1 + 3×3 + 5×5 encoder units."""
+    return SuperRetinaNet(large_kernel=True, **kwargs)
+
+
+def retina_student(**kwargs) -> SuperRetinaNet:
+    """The CPU student: SuperRetina at a quarter of the width with a narrow descriptor head. Its
+    descriptors keep D = 256 so they are distilled from the teacher's directly."""
+    return SuperRetinaNet(**{"channels": (16, 16, 32, 32), "descriptor_hidden": 64, **kwargs})
+
+
+# Names of the keypoint networks in the model registry, which also holds the segmenters.
+KEYPOINT_NETWORKS = {
+    "superpoint": SuperPointNet,
+    "superretina": SuperRetinaNet,
+    "superretina-lk": large_kernel_superretina,
+    "superretina-swin": SwinRetinaNet,
+    "retina-student": retina_student,
+}

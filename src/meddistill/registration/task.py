@@ -1,0 +1,209 @@
+"""The retinal keypoint task: SuperRetina-style training pairs, losses and FIRE-style validation.
+
+Training items are crops of preprocessed fundus photos (at the registration scale, 768 px by
+default) with vessel-junction labels from the manual vessel masks, each paired with a copy
+warped by a known random affine transform and given another look. Networks see the crop and
+its warped copy stacked in one batch. Validation registers synthetic S and P pairs of the
+held-out photos and reports the FIRE protocol's numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..config import DataConfig
+from ..tasks import TASKS, Task, TaskData
+from .features import LearnedKeypoints
+from .fire import score_pair, summarize
+from .keypoints import heatmap_peaks, keypoint_map, sample_descriptors, smooth_labels, vessel_junctions
+from .losses import heatmap_dice_loss, triplet_descriptor_loss
+from .pipeline import register_images
+from .preprocess import preprocess_fundus
+from .synthetic import synthetic_pair
+
+
+def random_affine(size: int, rng: np.random.Generator, max_angle: float = 20.0, max_log_scale: float = 0.15,
+                  max_shear: float = 0.1, max_shift: float = 0.1) -> np.ndarray:
+    """3×3 affine about the centre of a ``size``-px square: rotation, scale, shear, shift."""
+    angle = np.deg2rad(rng.uniform(-max_angle, max_angle))
+    scale = np.exp(rng.uniform(-max_log_scale, max_log_scale))
+    shear = rng.uniform(-max_shear, max_shear)
+    linear = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) @ np.array([[1, shear], [0, 1]])
+    centre = np.array([size / 2, size / 2])
+    matrix = np.eye(3)
+    matrix[:2, :2] = linear
+    matrix[:2, 2] = centre - linear @ centre + rng.uniform(-max_shift, max_shift, 2) * size
+    return matrix
+
+
+def change_look(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another visit's look for a uint8 grey image: gamma, contrast, blur and noise."""
+    x = (grey.astype(np.float32) / 255) ** np.exp(rng.uniform(-0.4, 0.4))
+    x = (x - x.mean()) * rng.uniform(0.7, 1.3) + x.mean()
+    x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.1, 1.2))
+    x = x + rng.normal(0, rng.uniform(0, 0.03), x.shape)
+    return (np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
+class KeypointPairDataset(Dataset):
+    """Crops ``(1, P, P)`` in [0, 1] of preprocessed photos with their junction labels, each with a
+    randomly warped, re-looked copy. Items: ``image``, ``warped``, ``label`` (binary keypoint
+    map of ``image``) and ``matrix`` ``(3, 3)`` taking ``image`` pixels to ``warped`` pixels.
+    """
+
+    def __init__(self, samples: list, image_size: int = 768, patch_size: int = 256, patches_per_image: int = 8,
+                 seed: int = 0) -> None:
+        if patch_size > image_size or patch_size % 32:
+            raise ValueError(f"patch_size must be a multiple of 32 and at most image_size ({image_size}), got {patch_size}")
+        self.images, self.labels, self.fovs = [], [], []
+        for sample in samples:
+            height, width = sample.vessels.shape
+            scale = np.array([image_size / width, image_size / height], np.float32)
+            self.images.append(preprocess_fundus(sample.image, image_size))
+            self.labels.append(vessel_junctions(sample.vessels) * scale)
+            self.fovs.append(cv2.resize(sample.fov.astype(np.uint8), (image_size, image_size), interpolation=cv2.INTER_NEAREST) > 0)
+        self.patch_size, self.patches_per_image, self.seed, self.epoch = patch_size, patches_per_image, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images) * self.patches_per_image
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        k, p = index // self.patches_per_image, self.patch_size
+        image, fov = self.images[k], self.fovs[k]
+        ys, xs = np.nonzero(fov[p // 2: -(p // 2) or None, p // 2: -(p // 2) or None])  # centres inside the FOV
+        pick = rng.integers(len(xs)) if len(xs) else None
+        x0, y0 = (int(xs[pick]), int(ys[pick])) if pick is not None else (0, 0)
+        crop = image[y0:y0 + p, x0:x0 + p]
+        matrix = random_affine(p, rng)
+        to_crop = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64)
+        warped = cv2.warpAffine(image, (matrix @ to_crop)[:2], (p, p), flags=cv2.INTER_LINEAR, borderValue=0)
+        as_tensor = lambda a: torch.from_numpy(a.astype(np.float32) / 255)[None]  # noqa: E731
+        return {
+            "image": as_tensor(change_look(crop, rng)),
+            "warped": as_tensor(change_look(warped, rng)),
+            "label": torch.from_numpy(keypoint_map(self.labels[k] - np.array([x0, y0], np.float32), (p, p)))[None],
+            "matrix": torch.from_numpy(matrix.astype(np.float32)),
+        }
+
+
+def warp_to_reference(warped: Tensor, matrix: Tensor) -> tuple[Tensor, Tensor]:
+    """Resample maps of the warped view ``(B, C, H, W)`` onto the reference grid.
+
+    ``matrix`` ``(B, 3, 3)`` takes reference pixels to warped pixels. Returns the resampled maps
+    and the mask ``(B, 1, H, W)`` of reference pixels that land inside the warped view.
+    """
+    b, _, h, w = warped.shape
+    ys, xs = torch.meshgrid(torch.arange(h, device=warped.device), torch.arange(w, device=warped.device), indexing="ij")
+    points = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(-1, 3).to(matrix)  # (HW, 3)
+    mapped = points @ matrix.transpose(1, 2)  # (B, HW, 3)
+    xy = mapped[..., :2] / mapped[..., 2:]
+    grid = torch.stack([2 * xy[..., 0] / (w - 1) - 1, 2 * xy[..., 1] / (h - 1) - 1], dim=-1).view(b, h, w, 2)
+    inside = (grid.abs() <= 1).all(dim=-1, keepdim=True).permute(0, 3, 1, 2).to(warped.dtype)
+    return F.grid_sample(warped, grid.to(warped.dtype), mode="bilinear", align_corners=True), inside
+
+
+def transform_points(matrix: Tensor, points: Tensor) -> Tensor:
+    """``(N, 2)`` (x, y) points mapped by a 3×3 matrix."""
+    mapped = torch.cat([points, torch.ones_like(points[:, :1])], dim=1) @ matrix.t()
+    return mapped[:, :2] / mapped[:, 2:]
+
+
+@dataclass
+class ValidationPair:
+    """A synthetic pair of a held-out photo: RGB images and control points ``(N, 2)``."""
+
+    name: str
+    fixed: np.ndarray
+    moving: np.ndarray
+    fixed_points: np.ndarray
+    moving_points: np.ndarray
+
+
+@TASKS.register("retinal-keypoints")
+class KeypointTask(Task):
+    """SuperRetina's training objective for a keypoint network on :class:`KeypointPairDataset`.
+
+    Losses: ``detector`` (Dice to the Gaussian-smoothed junction labels), ``geometric`` (Dice
+    between the heatmap and the warped copy's heatmap resampled back, where both views see)
+    and ``descriptor`` (triplet loss, margin ``margin``, between descriptors at keypoints and at
+    their warped positions). Keypoints for the descriptor term are the labels plus confident
+    detections (heatmap peaks above ``descriptor_threshold``).
+
+    Args: ``image_size`` (the registration scale, 768), ``margin`` (0.8), ``nms_radius`` (px at
+    the crop's scale, 10), ``descriptor_threshold`` (0.5), ``max_keypoints`` per crop (256).
+    """
+
+    name = "retinal-keypoints"
+
+    def __init__(self, image_size: int = 768, margin: float = 0.8, nms_radius: int = 10,
+                 descriptor_threshold: float = 0.5, max_keypoints: int = 256) -> None:
+        super().__init__()
+        self.image_size, self.margin, self.nms_radius = image_size, margin, nms_radius
+        self.descriptor_threshold, self.max_keypoints = descriptor_threshold, max_keypoints
+
+    def inputs(self, batch: dict[str, Tensor]) -> Tensor:
+        return torch.cat([batch["image"], batch["warped"]], dim=0)
+
+    def losses(self, output, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        b = batch["image"].shape[0]
+        heatmap, warped_heatmap = output.heatmap[:b], output.heatmap[b:]
+        back, inside = warp_to_reference(warped_heatmap, batch["matrix"])
+        return {
+            "detector": heatmap_dice_loss(heatmap, smooth_labels(batch["label"])),
+            "geometric": heatmap_dice_loss(heatmap, back, inside),
+            "descriptor": self.descriptor_loss(heatmap, output.descriptors[:b], output.descriptors[b:], batch),
+        }
+
+    def keypoints(self, heatmap: Tensor, label: Tensor) -> Tensor:
+        """Label junctions plus confident detections of one crop, (x, y) ``(N, 2)``."""
+        ys, xs = torch.nonzero(label[0] > 0, as_tuple=True)
+        labelled = torch.stack([xs, ys], dim=1).float()
+        detected, _ = heatmap_peaks(heatmap[0].detach(), self.nms_radius, self.descriptor_threshold, 4, self.max_keypoints)
+        return torch.cat([labelled, detected])[: self.max_keypoints]
+
+    def descriptor_loss(self, heatmap: Tensor, descriptors: Tensor, warped_descriptors: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        size = tuple(heatmap.shape[2:])
+        terms = []
+        for i in range(heatmap.shape[0]):
+            points = self.keypoints(heatmap[i], batch["label"][i])
+            moved = transform_points(batch["matrix"][i], points)
+            keep = ((moved >= 4) & (moved <= torch.tensor([size[1] - 5, size[0] - 5], device=moved.device))).all(dim=1)
+            if keep.sum() < 2:
+                continue
+            anchor = sample_descriptors(descriptors[i], points[keep], size)
+            positive = sample_descriptors(warped_descriptors[i], moved[keep], size)
+            terms.append(triplet_descriptor_loss(anchor, positive, self.margin))
+        return torch.stack(terms).mean() if terms else descriptors.sum() * 0.0
+
+    def build_data(self, data: DataConfig, seed: int) -> TaskData:
+        from ..builders import build_samples
+
+        train, held_out = build_samples(data, seed)
+        dataset = KeypointPairDataset(train, self.image_size, data.patch_size, data.patches_per_image, seed)
+        rng = np.random.default_rng(seed)
+        validation = []
+        for k, sample in enumerate(held_out):
+            for category in ("S", "P"):
+                query, points = synthetic_pair(sample.image, category, rng)
+                validation.append(ValidationPair(f"{category}{k + 1:02d}", sample.image, query, points[:, :2], points[:, 2:]))
+        return TaskData(dataset, validation, {"image_size": self.image_size})
+
+    def validate(self, model, validation: list, device: torch.device) -> dict[str, float]:
+        detector = LearnedKeypoints(model, device=device)
+        outcomes = [
+            score_pair(pair, register_images(pair.fixed, pair.moving, detector, model="homography", size=self.image_size).transform)
+            for pair in validation
+        ]
+        summary = summarize(outcomes)
+        return {key: float(summary[key]) for key in ("mauc", "auc_S", "auc_P", "failed", "inaccurate")}

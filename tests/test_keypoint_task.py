@@ -1,0 +1,113 @@
+"""The retinal keypoint task on the shared engine: pairs, warping, training and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from meddistill.builders import phantom_samples
+from meddistill.cli import app
+from meddistill.registration.task import KeypointPairDataset, random_affine, transform_points, warp_to_reference
+
+runner = CliRunner()
+
+
+def test_warp_to_reference_identity_and_shift():
+    maps = torch.arange(20.0).view(1, 1, 4, 5)
+    same, inside = warp_to_reference(maps, torch.eye(3)[None])
+    assert torch.allclose(same, maps) and inside.all()
+    shift = torch.eye(3)[None].clone()
+    shift[0, 0, 2] = 1.0  # reference x lands on warped x + 1
+    moved, inside = warp_to_reference(maps, shift)
+    assert torch.allclose(moved[..., :4], maps[..., 1:])
+    assert inside[0, 0, :, :4].all() and not inside[0, 0, :, 4].any()
+
+
+def test_transform_points_and_random_affine_keep_the_centre_close():
+    matrix = torch.tensor([[0.0, -1.0, 10.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    assert transform_points(matrix, torch.tensor([[1.0, 2.0]])).tolist() == [[8.0, 1.0]]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m = random_affine(100, rng)
+        centre = m @ np.array([50, 50, 1.0])
+        assert np.abs(centre[:2] - 50).max() <= 10 + 1e-9  # the shift is at most 10 % of the side
+        assert np.allclose(m[2], [0, 0, 1])
+
+
+def test_pair_dataset_labels_follow_the_warp():
+    samples = phantom_samples(2, 256, seed=5)
+    dataset = KeypointPairDataset(samples, image_size=256, patch_size=128, patches_per_image=3, seed=1)
+    assert len(dataset) == 6
+    item = dataset[4]
+    assert item["image"].shape == item["warped"].shape == item["label"].shape == (1, 128, 128)
+    assert item["label"].sum() > 0
+    # The warped copy shows the crop moved by the matrix: resampling it back matches the crop
+    # where both see (up to the change of look).
+    back, inside = warp_to_reference(item["warped"][None], item["matrix"][None])
+    mask = inside[0, 0].bool()
+    correlation = np.corrcoef(back[0, 0][mask].numpy(), item["image"][0][mask].numpy())[0, 1]
+    assert correlation > 0.6
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[4]["matrix"], item["matrix"])
+    with pytest.raises(ValueError):
+        KeypointPairDataset(samples, image_size=256, patch_size=100)
+
+
+def _write_config(tmp_path, **train):
+    config = {
+        "name": "kp",
+        "output": str(tmp_path / "runs"),
+        "task": {"name": "retinal-keypoints", "args": {"image_size": 256}},
+        "data": {"dataset": "phantom", "phantom_count": 4, "phantom_size": 256, "patch_size": 128,
+                 "patches_per_image": 2, "val_fraction": 0.25},
+        "student": {"name": "retina-student"},
+        "train": {"epochs": 2, "batch_size": 2, "monitor": "mauc", "threads": 1, **train},
+    }
+    path = tmp_path / "kp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_keypoints(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("kp")
+    result = runner.invoke(app, ["train", str(_write_config(tmp_path))])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "runs" / "kp"
+
+
+def test_keypoint_training_logs_each_term_and_validates_by_fire_protocol(trained_keypoints):
+    header = (trained_keypoints / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in ("train_detector", "train_geometric", "train_descriptor", "val_mauc", "val_auc_S", "val_failed"):
+        assert column in header
+    meta = json.loads((trained_keypoints / "best.json").read_text())
+    assert meta["task"] == "retinal-keypoints" and meta["model"] == "retina-student"
+
+
+def test_register_with_a_trained_keypoint_checkpoint(trained_keypoints, tmp_path):
+    photo = phantom_samples(1, 256, seed=9)[0].image
+    for name in ("fixed.png", "moving.png"):
+        Image.fromarray(photo).save(tmp_path / name)
+    result = runner.invoke(app, ["register", str(tmp_path / "fixed.png"), str(tmp_path / "moving.png"),
+                                 "--method", "retina-student", "--weights", str(trained_keypoints / "best"),
+                                 "--json", str(tmp_path / "r.json")])
+    assert result.exit_code in (0, 1), result.output  # an untrained network may fail, but says so
+    verdict = json.loads((tmp_path / "r.json").read_text())
+    assert verdict["status"] in ("ok", "failed") and verdict["method"] == "retina-student"
+
+
+def test_learned_method_errors_are_one_line(trained_keypoints, tmp_path):
+    photo = phantom_samples(1, 256, seed=9)[0].image
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    pair = [str(tmp_path / "a.png"), str(tmp_path / "a.png")]
+    result = runner.invoke(app, ["register", *pair, "--method", "superretina"])
+    assert result.exit_code == 2 and "no weights for method 'superretina'" in result.output
+    result = runner.invoke(app, ["register", *pair, "--method", "sift", "--weights", "x"])
+    assert result.exit_code == 2 and "--weights is for learned methods" in result.output
+    result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--model", str(trained_keypoints / "best"),
+                                 "--out", str(tmp_path / "seg")])
+    assert result.exit_code == 2 and "not a vessel-segmentation one" in result.output
