@@ -111,3 +111,37 @@ def test_learned_method_errors_are_one_line(trained_keypoints, tmp_path):
     result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--model", str(trained_keypoints / "best"),
                                  "--out", str(tmp_path / "seg")])
     assert result.exit_code == 2 and "not a vessel-segmentation one" in result.output
+
+
+def test_keypoint_kd_terms_vanish_for_a_student_equal_to_its_teacher():
+    from meddistill.distill import KeypointDistiller
+    from meddistill.models import MODELS
+    from meddistill.registration import KeypointTask
+
+    torch.manual_seed(0)
+    teacher = MODELS.build("retina-student")
+    student = MODELS.build("retina-student")
+    student.load_state_dict(teacher.state_dict())
+    distiller = KeypointDistiller(student, teacher, KeypointTask(image_size=64), threshold=0.0)
+    image = torch.rand(2, 1, 64, 64)
+    out_s, out_t = student(image), teacher(image)
+    losses = distiller.distillation_losses({}, out_s, out_t)
+    assert losses["heatmap_kd"].item() == pytest.approx(0.0, abs=1e-5)
+    # identical descriptors: the matched distance is 0, so the triplet term is at most the margin
+    assert 0.0 <= losses["descriptor_kd"].item() <= 0.8 + 1e-6
+    sum(losses.values()).backward()
+    assert any(p.grad is not None for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_reverse_distillation_of_the_swin_student_runs_on_the_engine(trained_keypoints, tmp_path):
+    path = _write_config(tmp_path, epochs=1)
+    config = yaml.safe_load(path.read_text())
+    config.update(name="kp-swin", student={"name": "superretina-swin"},
+                  teacher={"name": "retina-student", "weights": str(trained_keypoints / "best")},
+                  method={"name": "keypoint_kd"})
+    path.write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["distill", str(path)])
+    assert result.exit_code == 0, result.output
+    header = (tmp_path / "runs" / "kp-swin" / "metrics.csv").read_text().splitlines()[0]
+    assert "train_heatmap_kd" in header and "train_descriptor_kd" in header and "train_detector" in header

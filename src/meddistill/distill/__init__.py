@@ -22,6 +22,7 @@ from .losses import (
 from .methods import METHODS, Distiller, PreStage, build_distiller
 from .gkd import AlignmentNetwork, GKDDistiller, SemanticAutoencoder  # registers "gkd"
 from .structured import CoCoDistiller, CWDDistiller, HolisticCritic, IFVDDistiller, SKDDistiller
+from .keypoint_kd import KeypointDistiller  # registers "keypoint_kd"
 
 __all__ = [
     "METHODS",
@@ -33,6 +34,7 @@ __all__ = [
     "GKDDistiller",
     "HolisticCritic",
     "IFVDDistiller",
+    "KeypointDistiller",
     "PreStage",
     "SKDDistiller",
     "SemanticAutoencoder",
