@@ -145,3 +145,38 @@ def test_reverse_distillation_of_the_swin_student_runs_on_the_engine(trained_key
     assert result.exit_code == 0, result.output
     header = (tmp_path / "runs" / "kp-swin" / "metrics.csv").read_text().splitlines()[0]
     assert "train_heatmap_kd" in header and "train_descriptor_kd" in header and "train_detector" in header
+
+
+def _expansion_inputs(warped_peak: float):
+    heatmap, warped = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    heatmap[0, 0, 20, 20], heatmap[0, 0, 40, 40] = 0.9, 0.8
+    warped[0, 0, 22, 23], warped[0, 0, 42, 43] = warped_peak, warped_peak
+    descriptors = torch.zeros(1, 4, 8, 8)
+    descriptors[0, 0, :, :4], descriptors[0, 1, :, 4:] = 1.0, 1.0  # left half e0, right half e1
+    matrix = torch.tensor([[[1.0, 0.0, 3.0], [0.0, 1.0, 2.0], [0.0, 0.0, 1.0]]])
+    return heatmap, warped, descriptors, matrix
+
+
+def _batch(matrix, epoch):
+    return {"matrix": matrix, "photo": torch.tensor([0]), "origin": torch.tensor([[0, 0]]), "epoch": torch.tensor([epoch])}
+
+
+def test_progressive_keypoint_expansion_verifies_then_fades():
+    from meddistill.registration import KeypointTask
+
+    task = KeypointTask(image_size=64, nms_radius=3)
+    heatmap, warped, descriptors, matrix = _expansion_inputs(0.9)
+    expanded = task.expand(heatmap, warped, descriptors, descriptors.clone(), _batch(matrix, 0))
+    assert torch.nonzero(expanded[0, 0]).tolist() == [[20, 20], [40, 40]]
+    assert task.value_maps[0][20, 20] == 5
+    nothing = torch.zeros_like(heatmap)
+    assert task.expand(nothing, nothing, descriptors, descriptors, _batch(matrix, 4))[0, 0, 20, 20] == 1  # 5 − 4
+    assert task.expand(nothing, nothing, descriptors, descriptors, _batch(matrix, 5)).sum() == 0
+
+
+def test_progressive_keypoint_expansion_rejects_points_the_warped_view_misses():
+    from meddistill.registration import KeypointTask
+
+    task = KeypointTask(image_size=64, nms_radius=3)
+    heatmap, warped, descriptors, matrix = _expansion_inputs(0.3)  # below 0.5 where they land
+    assert task.expand(heatmap, warped, descriptors, descriptors, _batch(matrix, 0)).sum() == 0

@@ -55,7 +55,8 @@ def change_look(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class KeypointPairDataset(Dataset):
     """Crops ``(1, P, P)`` in [0, 1] of preprocessed photos with their junction labels, each with a
     randomly warped, re-looked copy. Items: ``image``, ``warped``, ``label`` (binary keypoint
-    map of ``image``) and ``matrix`` ``(3, 3)`` taking ``image`` pixels to ``warped`` pixels.
+    map of ``image``), ``matrix`` ``(3, 3)`` taking ``image`` pixels to ``warped`` pixels, and
+    ``photo``, ``origin`` (x0, y0) and ``epoch``, which place the crop for keypoint expansion.
     """
 
     def __init__(self, samples: list, image_size: int = 768, patch_size: int = 256, patches_per_image: int = 8,
@@ -94,6 +95,9 @@ class KeypointPairDataset(Dataset):
             "warped": as_tensor(change_look(warped, rng)),
             "label": torch.from_numpy(keypoint_map(self.labels[k] - np.array([x0, y0], np.float32), (p, p)))[None],
             "matrix": torch.from_numpy(matrix.astype(np.float32)),
+            "photo": torch.tensor(k),
+            "origin": torch.tensor([x0, y0]),
+            "epoch": torch.tensor(self.epoch),
         }
 
 
@@ -134,23 +138,35 @@ class ValidationPair:
 class KeypointTask(Task):
     """SuperRetina's training objective for a keypoint network on :class:`KeypointPairDataset`.
 
-    Losses: ``detector`` (Dice to the Gaussian-smoothed junction labels), ``geometric`` (Dice
-    between the heatmap and the warped copy's heatmap resampled back, where both views see)
-    and ``descriptor`` (triplet loss, margin ``margin``, between descriptors at keypoints and at
-    their warped positions). Keypoints for the descriptor term are the labels plus confident
-    detections (heatmap peaks above ``descriptor_threshold``).
+    Losses: ``detector`` (Dice to the Gaussian-smoothed labels), ``geometric`` (Dice between
+    the heatmap and the warped copy's heatmap resampled back, where both views see) and
+    ``descriptor`` (triplet loss, margin ``margin``, between descriptors at the labelled
+    keypoints and at their warped positions).
 
-    Args: ``image_size`` (the registration scale, 768), ``margin`` (0.8), ``nms_radius`` (px at
-    the crop's scale, 10), ``descriptor_threshold`` (0.5), ``max_keypoints`` per crop (256).
+    Progressive keypoint expansion (PKE) grows the labels beyond the vessel junctions: a
+    heatmap peak (NMS radius ``nms_radius`` px, above ``expansion_threshold``) is verified when
+    the warped copy's heatmap is ≥ 0.5 where it lands and its descriptor's nearest neighbour
+    among the landed positions is its own, with ratio < ``expansion_ratio``. A verified point
+    is written into a value map of its photo (+``expansion_value``, −1 per epoch) and is a label
+    while its value is positive, so points the network keeps finding stay labels and the rest
+    fade. The value maps live in this process (each DDP rank keeps its own).
+
+    Args: ``image_size`` (the registration scale, 768), ``margin`` (0.8), ``nms_radius`` (10),
+    ``expansion_threshold`` (0.1), ``expansion_ratio`` (0.7), ``expansion_value`` (5),
+    ``max_keypoints`` per crop for the descriptor term (256); ``expansion: false`` disables PKE.
     """
 
     name = "retinal-keypoints"
 
-    def __init__(self, image_size: int = 768, margin: float = 0.8, nms_radius: int = 10,
-                 descriptor_threshold: float = 0.5, max_keypoints: int = 256) -> None:
+    def __init__(self, image_size: int = 768, margin: float = 0.8, nms_radius: int = 10, expansion: bool = True,
+                 expansion_threshold: float = 0.1, expansion_ratio: float = 0.7, expansion_value: int = 5,
+                 max_keypoints: int = 256) -> None:
         super().__init__()
-        self.image_size, self.margin, self.nms_radius = image_size, margin, nms_radius
-        self.descriptor_threshold, self.max_keypoints = descriptor_threshold, max_keypoints
+        self.image_size, self.margin, self.nms_radius, self.max_keypoints = image_size, margin, nms_radius, max_keypoints
+        self.expansion, self.expansion_threshold = expansion, expansion_threshold
+        self.expansion_ratio, self.expansion_value = expansion_ratio, expansion_value
+        self.value_maps: dict[int, Tensor] = {}  # photo index → (image_size, image_size) int16
+        self._epoch = 0
 
     def inputs(self, batch: dict[str, Tensor]) -> Tensor:
         return torch.cat([batch["image"], batch["warped"]], dim=0)
@@ -158,27 +174,62 @@ class KeypointTask(Task):
     def losses(self, output, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         b = batch["image"].shape[0]
         heatmap, warped_heatmap = output.heatmap[:b], output.heatmap[b:]
+        descriptors, warped_descriptors = output.descriptors[:b], output.descriptors[b:]
+        labels = batch["label"]
+        if self.expansion:
+            labels = torch.maximum(labels, self.expand(heatmap.detach(), warped_heatmap.detach(), descriptors.detach(),
+                                                       warped_descriptors.detach(), batch))
         back, inside = warp_to_reference(warped_heatmap, batch["matrix"])
         return {
-            "detector": heatmap_dice_loss(heatmap, smooth_labels(batch["label"])),
+            "detector": heatmap_dice_loss(heatmap, smooth_labels(labels)),
             "geometric": heatmap_dice_loss(heatmap, back, inside),
-            "descriptor": self.descriptor_loss(heatmap, output.descriptors[:b], output.descriptors[b:], batch),
+            "descriptor": self.descriptor_loss(labels, descriptors, warped_descriptors, batch["matrix"]),
         }
 
-    def keypoints(self, heatmap: Tensor, label: Tensor) -> Tensor:
-        """Label junctions plus confident detections of one crop, (x, y) ``(N, 2)``."""
-        ys, xs = torch.nonzero(label[0] > 0, as_tuple=True)
-        labelled = torch.stack([xs, ys], dim=1).float()
-        detected, _ = heatmap_peaks(heatmap[0].detach(), self.nms_radius, self.descriptor_threshold, 4, self.max_keypoints)
-        return torch.cat([labelled, detected])[: self.max_keypoints]
-
-    def descriptor_loss(self, heatmap: Tensor, descriptors: Tensor, warped_descriptors: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    def expand(self, heatmap: Tensor, warped_heatmap: Tensor, descriptors: Tensor, warped_descriptors: Tensor,
+               batch: dict[str, Tensor]) -> Tensor:
+        """PKE: update the value maps with verified peaks; the expanded labels ``(B, 1, P, P)``."""
+        epoch = int(batch["epoch"][0])
+        if epoch != self._epoch:  # decay once per epoch
+            for photo, values in self.value_maps.items():
+                self.value_maps[photo] = (values - (epoch - self._epoch)).clamp_min(0)
+            self._epoch = epoch
         size = tuple(heatmap.shape[2:])
-        terms = []
+        expanded = torch.zeros_like(heatmap)
         for i in range(heatmap.shape[0]):
-            points = self.keypoints(heatmap[i], batch["label"][i])
-            moved = transform_points(batch["matrix"][i], points)
-            keep = ((moved >= 4) & (moved <= torch.tensor([size[1] - 5, size[0] - 5], device=moved.device))).all(dim=1)
+            photo, (x0, y0) = int(batch["photo"][i]), batch["origin"][i].tolist()
+            values = self.value_maps.setdefault(photo, torch.zeros(self.image_size, self.image_size, dtype=torch.int16))
+            points = self._verified(heatmap[i, 0], warped_heatmap[i, 0], descriptors[i], warped_descriptors[i],
+                                    batch["matrix"][i], size)
+            xy = points.round().long().cpu() + torch.tensor([x0, y0])
+            values[xy[:, 1], xy[:, 0]] = (values[xy[:, 1], xy[:, 0]] + self.expansion_value).clamp_max(4 * self.expansion_value)
+            crop = values[y0:y0 + size[0], x0:x0 + size[1]]
+            expanded[i, 0, : crop.shape[0], : crop.shape[1]] = (crop > 0).to(expanded)
+        return expanded
+
+    def _verified(self, heatmap: Tensor, warped_heatmap: Tensor, descriptors: Tensor, warped_descriptors: Tensor,
+                  matrix: Tensor, size: tuple[int, int]) -> Tensor:
+        points, _ = heatmap_peaks(heatmap, self.nms_radius, self.expansion_threshold, 4)
+        moved = transform_points(matrix, points)
+        inside = ((moved >= 0) & (moved <= torch.tensor([size[1] - 1, size[0] - 1], device=moved.device))).all(dim=1)
+        points, moved = points[inside], moved[inside]
+        if len(points) < 2:
+            return points[:0]
+        landed = warped_heatmap[moved[:, 1].round().long(), moved[:, 0].round().long()] >= 0.5
+        distance = torch.cdist(sample_descriptors(descriptors, points, size), sample_descriptors(warped_descriptors, moved, size))
+        nearest, order = distance.topk(2, dim=1, largest=False)
+        own = order[:, 0] == torch.arange(len(points), device=order.device)
+        return points[landed & own & (nearest[:, 0] < self.expansion_ratio * nearest[:, 1])]
+
+    def descriptor_loss(self, labels: Tensor, descriptors: Tensor, warped_descriptors: Tensor, matrix: Tensor) -> Tensor:
+        size = tuple(labels.shape[2:])
+        limit = torch.tensor([size[1] - 5, size[0] - 5], device=labels.device)
+        terms = []
+        for i in range(labels.shape[0]):
+            ys, xs = torch.nonzero(labels[i, 0] > 0, as_tuple=True)
+            points = torch.stack([xs, ys], dim=1).float()[: self.max_keypoints]
+            moved = transform_points(matrix[i], points)
+            keep = ((moved >= 4) & (moved <= limit)).all(dim=1)
             if keep.sum() < 2:
                 continue
             anchor = sample_descriptors(descriptors[i], points[keep], size)
