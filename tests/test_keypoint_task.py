@@ -180,3 +180,32 @@ def test_progressive_keypoint_expansion_rejects_points_the_warped_view_misses():
     task = KeypointTask(image_size=64, nms_radius=3)
     heatmap, warped, descriptors, matrix = _expansion_inputs(0.3)  # below 0.5 where they land
     assert task.expand(heatmap, warped, descriptors, descriptors, _batch(matrix, 0)).sum() == 0
+
+
+def test_homographic_adaptation_with_only_the_identity_is_the_heatmap():
+    from meddistill.models import MODELS
+    from meddistill.registration.task import homographic_adaptation
+
+    torch.manual_seed(0)
+    net = MODELS.build("retina-student").eval()
+    grey = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    direct = net(torch.from_numpy(grey).float().div(255)[None, None]).heatmap[0, 0].detach().numpy()
+    np.testing.assert_allclose(homographic_adaptation(net, grey, warps=1), direct, atol=1e-5)
+    averaged = homographic_adaptation(net, grey, warps=4)
+    assert averaged.shape == (64, 64) and 0 <= averaged.min() and averaged.max() <= 1
+
+
+def test_superpoint_objective_with_homographic_adaptation_labels(trained_keypoints, tmp_path):
+    path = _write_config(tmp_path, epochs=1)
+    config = yaml.safe_load(path.read_text())
+    config.update(name="kp-superpoint", student={"name": "superpoint"})
+    config["task"]["args"].update(objective="superpoint", adaptation_from=str(trained_keypoints / "best"), adaptation_warps=2)
+    path.write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 0, result.output
+    header = (tmp_path / "runs" / "kp-superpoint" / "metrics.csv").read_text().splitlines()[0]
+    assert "train_detector" in header and "train_descriptor" in header and "train_geometric" not in header
+    config.update(name="kp-bad", student={"name": "retina-student"})
+    path.write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 2 and "needs a network with a 65-channel cell detector" in result.output

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 class KeypointOutput(NamedTuple):
     heatmap: Tensor  # (B, 1, H, W) in [0, 1]
     descriptors: Tensor  # (B, D, H/8, W/8), unit length along D
+    cell_logits: Tensor | None = None  # SuperPoint only: (B, 65, H/8, W/8) detector logits
 
 
 def _conv(cin: int, cout: int, kernel: int = 3) -> nn.Module:
@@ -138,8 +139,8 @@ class SuperPointNet(nn.Module):
     (64 positions + a 'no keypoint' dustbin); descriptor head at 1/8.
 
     ``forward`` returns the heatmap (the softmax over the 65 channels without the dustbin,
-    unfolded to full resolution); ``cell_logits`` gives the raw ``(B, 65, H/8, W/8)`` logits for
-    the cross-entropy detector loss.
+    unfolded to full resolution), the descriptors and the raw cell logits for SuperPoint's
+    cross-entropy detector loss.
     """
 
     def __init__(self, channels: tuple[int, int, int, int] = (64, 64, 128, 128), descriptor_dim: int = 256) -> None:
@@ -157,7 +158,7 @@ class SuperPointNet(nn.Module):
     def forward(self, image: Tensor) -> KeypointOutput:
         logits, descriptors = self.features(image)
         heatmap = F.pixel_shuffle(torch.softmax(logits, dim=1)[:, :64], 8)
-        return KeypointOutput(heatmap, descriptors)
+        return KeypointOutput(heatmap, descriptors, logits)
 
 
 class SwinRetinaNet(nn.Module):

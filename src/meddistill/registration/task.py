@@ -19,11 +19,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
+from ..errors import MeddistillError
 from ..tasks import TASKS, Task, TaskData
 from .features import LearnedKeypoints
 from .fire import score_pair, summarize
 from .keypoints import heatmap_peaks, keypoint_map, sample_descriptors, smooth_labels, vessel_junctions
-from .losses import heatmap_dice_loss, triplet_descriptor_loss
+from .losses import heatmap_dice_loss, superpoint_descriptor_loss, superpoint_detector_loss, triplet_descriptor_loss
 from .pipeline import register_images
 from .preprocess import preprocess_fundus
 from .synthetic import synthetic_pair
@@ -52,6 +53,34 @@ def change_look(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
+def random_homography(size: int, rng: np.random.Generator, max_perspective: float = 0.1) -> np.ndarray:
+    """:func:`random_affine` with a mild perspective: corners move by up to ``max_perspective``
+    of the side, as in SuperPoint's homographic adaptation."""
+    corners = np.float32([[0, 0], [size, 0], [size, size], [0, size]])
+    moved = corners + rng.uniform(-max_perspective, max_perspective, (4, 2)).astype(np.float32) * size
+    return random_affine(size, rng) @ cv2.getPerspectiveTransform(corners, moved)
+
+
+@torch.inference_mode()
+def homographic_adaptation(network: torch.nn.Module, grey: np.ndarray, warps: int = 100, seed: int = 0) -> np.ndarray:
+    """SuperPoint's homographic adaptation: the mean heatmap ``(H, W)`` of a square uint8 image over
+    ``warps`` random homographies (the identity included), each heatmap warped back and averaged
+    over the warps that see the pixel."""
+    size = grey.shape[0]
+    rng = np.random.default_rng(seed)
+    total, seen = np.zeros(grey.shape, np.float32), np.zeros(grey.shape, np.float32)
+    device = next(network.parameters()).device
+    network.eval()
+    for k in range(warps):
+        matrix = np.eye(3) if k == 0 else random_homography(size, rng)
+        warped = cv2.warpPerspective(grey, matrix, (size, size), flags=cv2.INTER_LINEAR)
+        heatmap = network(torch.from_numpy(warped).float().div(255)[None, None].to(device)).heatmap[0, 0].cpu().numpy()
+        inverse = np.linalg.inv(matrix)
+        total += cv2.warpPerspective(heatmap, inverse, (size, size), flags=cv2.INTER_LINEAR)
+        seen += cv2.warpPerspective(np.ones_like(heatmap), inverse, (size, size), flags=cv2.INTER_NEAREST)
+    return total / np.maximum(seen, 1)
+
+
 class KeypointPairDataset(Dataset):
     """Crops ``(1, P, P)`` in [0, 1] of preprocessed photos with their junction labels, each with a
     randomly warped, re-looked copy. Items: ``image``, ``warped``, ``label`` (binary keypoint
@@ -74,6 +103,12 @@ class KeypointPairDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def relabel(self, network: torch.nn.Module, warps: int, radius: int = 4, threshold: float = 0.015) -> None:
+        """Replace the junction labels by the peaks of each photo's homographic adaptation."""
+        for k, image in enumerate(self.images):
+            heatmap = torch.from_numpy(homographic_adaptation(network, image, warps, seed=k))
+            self.labels[k] = heatmap_peaks(heatmap, radius, threshold, border=4)[0].numpy()
 
     def __len__(self) -> int:
         return len(self.images) * self.patches_per_image
@@ -151,6 +186,12 @@ class KeypointTask(Task):
     while its value is positive, so points the network keeps finding stay labels and the rest
     fade. The value maps live in this process (each DDP rank keeps its own).
 
+    ``objective: superpoint`` trains SuperPoint's way instead: cross-entropy over the 65
+    classes of each 8×8 cell for both views, plus ``descriptor_weight`` (10⁻⁴) × the dense
+    descriptor hinge loss. With ``adaptation_from`` (a keypoint checkpoint trained on the
+    junctions) the labels are the peaks of homographic adaptation over ``adaptation_warps``
+    random homographies of each training photo, SuperPoint's self-supervision.
+
     Args: ``image_size`` (the registration scale, 768), ``margin`` (0.8), ``nms_radius`` (10),
     ``expansion_threshold`` (0.1), ``expansion_ratio`` (0.7), ``expansion_value`` (5),
     ``max_keypoints`` per crop for the descriptor term (256); ``expansion: false`` disables PKE.
@@ -158,10 +199,15 @@ class KeypointTask(Task):
 
     name = "retinal-keypoints"
 
-    def __init__(self, image_size: int = 768, margin: float = 0.8, nms_radius: int = 10, expansion: bool = True,
-                 expansion_threshold: float = 0.1, expansion_ratio: float = 0.7, expansion_value: int = 5,
-                 max_keypoints: int = 256) -> None:
+    def __init__(self, image_size: int = 768, objective: str = "superretina", margin: float = 0.8,
+                 nms_radius: int = 10, expansion: bool = True, expansion_threshold: float = 0.1,
+                 expansion_ratio: float = 0.7, expansion_value: int = 5, max_keypoints: int = 256,
+                 descriptor_weight: float = 1e-4, adaptation_from: str | None = None, adaptation_warps: int = 100) -> None:
         super().__init__()
+        if objective not in ("superretina", "superpoint"):
+            raise MeddistillError(f"unknown keypoint objective '{objective}'; choose superretina or superpoint")
+        self.objective, self.descriptor_weight = objective, descriptor_weight
+        self.adaptation_from, self.adaptation_warps = adaptation_from, adaptation_warps
         self.image_size, self.margin, self.nms_radius, self.max_keypoints = image_size, margin, nms_radius, max_keypoints
         self.expansion, self.expansion_threshold = expansion, expansion_threshold
         self.expansion_ratio, self.expansion_value = expansion_ratio, expansion_value
@@ -172,6 +218,8 @@ class KeypointTask(Task):
         return torch.cat([batch["image"], batch["warped"]], dim=0)
 
     def losses(self, output, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.objective == "superpoint":
+            return self.superpoint_losses(output, batch)
         b = batch["image"].shape[0]
         heatmap, warped_heatmap = output.heatmap[:b], output.heatmap[b:]
         descriptors, warped_descriptors = output.descriptors[:b], output.descriptors[b:]
@@ -185,6 +233,24 @@ class KeypointTask(Task):
             "geometric": heatmap_dice_loss(heatmap, back, inside),
             "descriptor": self.descriptor_loss(labels, descriptors, warped_descriptors, batch["matrix"]),
         }
+
+    def superpoint_losses(self, output, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        if output.cell_logits is None:
+            raise MeddistillError("objective 'superpoint' needs a network with a 65-channel cell detector (superpoint)")
+        b, (h, w) = batch["image"].shape[0], batch["image"].shape[2:]
+        warped_labels = torch.zeros_like(batch["label"])
+        for i in range(b):
+            ys, xs = torch.nonzero(batch["label"][i, 0] > 0, as_tuple=True)
+            moved = transform_points(batch["matrix"][i], torch.stack([xs, ys], dim=1).float()).round().long()
+            keep = (moved[:, 0] >= 0) & (moved[:, 0] < w) & (moved[:, 1] >= 0) & (moved[:, 1] < h)
+            warped_labels[i, 0, moved[keep, 1], moved[keep, 0]] = 1.0
+        ys, xs = torch.meshgrid(torch.arange(h // 8), torch.arange(w // 8), indexing="ij")
+        centres = torch.stack([xs, ys], dim=-1).reshape(-1, 2).float().to(batch["matrix"]) * 8 + 3.5
+        landed = torch.stack([transform_points(m, centres) for m in batch["matrix"]])  # (B, hw, 2)
+        detector = (superpoint_detector_loss(output.cell_logits[:b], batch["label"])
+                    + superpoint_detector_loss(output.cell_logits[b:], warped_labels))
+        descriptor = superpoint_descriptor_loss(output.descriptors[:b], output.descriptors[b:], landed)
+        return {"detector": detector, "descriptor": self.descriptor_weight * descriptor}
 
     def expand(self, heatmap: Tensor, warped_heatmap: Tensor, descriptors: Tensor, warped_descriptors: Tensor,
                batch: dict[str, Tensor]) -> Tensor:
@@ -242,6 +308,10 @@ class KeypointTask(Task):
 
         train, held_out = build_samples(data, seed)
         dataset = KeypointPairDataset(train, self.image_size, data.patch_size, data.patches_per_image, seed)
+        if self.adaptation_from is not None:
+            from ..zoo import load_model
+
+            dataset.relabel(load_model(self.adaptation_from, task=self.name)[0], self.adaptation_warps)
         rng = np.random.default_rng(seed)
         validation = []
         for k, sample in enumerate(held_out):
