@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from meddistill.registration.glue import GlueMatcher, assignment_loss, log_optimal_transport, mutual_matches
+from meddistill.models.glue import GlueMatcher, assignment_loss, log_optimal_transport, mutual_matches
 
 
 def test_optimal_transport_rows_and_columns_of_points_sum_to_one():
@@ -41,11 +41,25 @@ def test_glue_matcher_shapes_gradients_and_permutation_equivariance():
     torch.manual_seed(0)
     matcher = GlueMatcher(dim=32, layers=2, heads=4, iterations=20).eval()
     a, b = _features(5, 1), _features(7, 2)
-    log_p = matcher(a, b)
+    log_p = matcher([(a, b)])[0]
     assert log_p.shape == (6, 8)
     order = torch.randperm(7, generator=torch.Generator().manual_seed(3))
     shuffled = {k: (v[order] if torch.is_tensor(v) else v) for k, v in b.items()}
-    assert torch.allclose(matcher(a, shuffled)[:-1, :-1], log_p[:-1, :-1][:, order], atol=1e-4)
+    assert torch.allclose(matcher.match(a, shuffled)[:-1, :-1], log_p[:-1, :-1][:, order], atol=1e-4)
     matcher.train()
-    assignment_loss(matcher(a, b), torch.tensor([[0, 0]]), torch.tensor([1]), torch.tensor([2])).backward()
+    assignment_loss(matcher.match(a, b), torch.tensor([[0, 0]]), torch.tensor([1]), torch.tensor([2])).backward()
     assert matcher.dustbin.grad is not None and matcher.keypoint_encoder[0].weight.grad is not None
+
+
+def test_match_ground_truth_by_hand():
+    from meddistill.registration import match_ground_truth
+
+    a = torch.tensor([[10.0, 10.0], [30.0, 30.0], [50.0, 50.0]])
+    b = torch.tensor([[12.0, 11.0], [34.0, 32.0], [90.0, 90.0]])
+    shift = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    matches, unmatched_a, unmatched_b = match_ground_truth(a, b, shift)
+    # a0 → (12, 11) = b0 exactly; a1 → (32, 31): 2.2 px from b1 (a match); a2 → (52, 51): far from all
+    assert matches.tolist() == [[0, 0], [1, 1]]
+    assert unmatched_a.tolist() == [2] and unmatched_b.tolist() == [2]
+    none, only_a, only_b = match_ground_truth(a, b[:0], shift)
+    assert none.shape == (0, 2) and only_a.tolist() == [0, 1, 2] and only_b.numel() == 0

@@ -209,3 +209,26 @@ def test_superpoint_objective_with_homographic_adaptation_labels(trained_keypoin
     path.write_text(yaml.safe_dump(config))
     result = runner.invoke(app, ["train", str(path)])
     assert result.exit_code == 2 and "needs a network with a 65-channel cell detector" in result.output
+
+
+def test_glue_matcher_trains_on_a_frozen_detector_and_registers(trained_keypoints, tmp_path):
+    path = _write_config(tmp_path, epochs=1)
+    config = yaml.safe_load(path.read_text())
+    config.update(name="kp-glue", student={"name": "glue", "args": {"layers": 1}})
+    config["task"] = {"name": "keypoint-matching", "args": {"detector": str(trained_keypoints / "best"), "image_size": 256}}
+    path.write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "kp-glue"
+    assert "train_assignment" in (run / "metrics.csv").read_text().splitlines()[0]
+    assert json.loads((run / "best.json").read_text())["detector"] == str(trained_keypoints / "best")
+    photo = phantom_samples(1, 256, seed=9)[0].image
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    result = runner.invoke(app, ["register", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--method", "retina-student",
+                                 "--weights", str(trained_keypoints / "best"), "--matcher", "glue",
+                                 "--matcher-weights", str(run / "best"), "--json", str(tmp_path / "g.json")])
+    assert result.exit_code in (0, 1), result.output
+    assert json.loads((tmp_path / "g.json").read_text())["status"] in ("ok", "failed")
+    result = runner.invoke(app, ["register", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--matcher", "glue",
+                                 "--matcher-weights", str(run / "best")])
+    assert result.exit_code == 2 and "needs a learned keypoint method" in result.output

@@ -139,20 +139,22 @@ def experiment(
 RegistrationMethodOpt = Annotated[str, typer.Option(
     help="Keypoint method: sift, superpoint, superretina, superretina-lk, superretina-swin or retina-student.")]
 WeightsOpt = Annotated[Optional[str], typer.Option(help="Checkpoint for a learned method (default: its shipped weights).")]
-MatcherOpt = Annotated[Optional[str], typer.Option(help="Matcher: mnn (default: the method's best).")]
+MatcherOpt = Annotated[Optional[str], typer.Option(help="Matcher: mnn or glue (default: the method's best).")]
+MatcherWeightsOpt = Annotated[Optional[str], typer.Option(help="Checkpoint of the glue matcher (default: its shipped weights).")]
 TransformOpt = Annotated[str, typer.Option("--model", help="Transform: affine (3-point RANSAC + refit) or homography (MAGSAC++).")]
 
 
-def _keypoint_method(method: str, weights: str | None):
-    """The keypoint method a user named, built once (``--weights`` for learned ones only)."""
-    from .registration import KEYPOINT_METHODS
+def _keypoint_method(method: str, weights: str | None, matcher: str | None, matcher_weights: str | None):
+    """The keypoint method and matcher a user named, built once (weights for learned ones only)."""
+    from .registration import KEYPOINT_METHODS, MATCHERS
 
-    factory = KEYPOINT_METHODS.get(method)
-    if weights is None:
-        return factory()
-    if method == "sift":
+    if weights is not None and method == "sift":
         raise MeddistillError("--weights is for learned methods; sift has none")
-    return factory(weights=weights)
+    detector = KEYPOINT_METHODS.get(method)(**({"weights": weights} if weights else {}))
+    matcher = matcher or detector.default_matcher
+    if matcher_weights is not None and matcher != "glue":
+        raise MeddistillError("--matcher-weights is for the glue matcher")
+    return detector, MATCHERS.get(matcher)(**({"weights": matcher_weights} if matcher_weights else {}))
 
 
 @evaluate_app.command("fire")
@@ -163,6 +165,7 @@ def evaluate_fire(
     matcher: MatcherOpt = None,
     model: TransformOpt = "affine",
     weights: WeightsOpt = None,
+    matcher_weights: MatcherWeightsOpt = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-pair results and the summary as JSON.")] = None,
 ) -> None:
     """The FIRE protocol: failed / inaccurate / acceptable, AUC per category (S, P, A) and mAUC."""
@@ -172,10 +175,10 @@ def evaluate_fire(
     from .registration import load_fire, register_images, score_pair, summarize
 
     pairs = load_fire(root)
-    detector = _keypoint_method(method, weights)
+    detector, pair_matcher = _keypoint_method(method, weights, matcher, matcher_weights)
     outcomes, seconds = [], []
     for pair in track(pairs, description=f"{method} on {len(pairs)} pairs", console=console):
-        result = register_images(read_rgb(pair.fixed), read_rgb(pair.moving), detector, matcher, model)
+        result = register_images(read_rgb(pair.fixed), read_rgb(pair.moving), detector, pair_matcher, model)
         outcomes.append(score_pair(pair, result.transform))
         seconds.append(result.seconds)
     summary = summarize(outcomes) | {"seconds_per_pair": float(sum(seconds) / len(seconds))}
@@ -199,6 +202,7 @@ def register(
     matcher: MatcherOpt = None,
     model: TransformOpt = "affine",
     weights: WeightsOpt = None,
+    matcher_weights: MatcherWeightsOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Warped moving image (PNG), on the fixed image's grid.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Result JSON: status, transform, matches, inliers, seconds.")] = None,
     figures: Annotated[Optional[Path], typer.Option(help="Folder for match-line, checkerboard and overlay figures.")] = None,
@@ -212,11 +216,11 @@ def register(
     from .registration import register_images, warp_to_fixed
     from .registration.figures import registration_figures
 
-    detector = _keypoint_method(method, weights)
+    detector, pair_matcher = _keypoint_method(method, weights, matcher, matcher_weights)
 
     def run_one(fixed_path: Path, moving_path: Path, warped_path: Path | None, json_path: Path | None, figure_dir: Path | None, stem: str):
         fixed, moving = read_rgb(fixed_path), read_rgb(moving_path)
-        result = register_images(fixed, moving, detector, matcher, model)
+        result = register_images(fixed, moving, detector, pair_matcher, model)
         if warped_path is not None and result.transform is not None:
             write_png(warped_path, warp_to_fixed(moving, result.transform, fixed.shape))
         if json_path is not None:

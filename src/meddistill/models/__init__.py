@@ -8,6 +8,7 @@ from ..registry import Registry
 from .blocks import SegmentationNet, pad_to_multiple
 from .enet import ENet
 from .fanet import FANet
+from .glue import GlueMatcher
 from .keypoints import KEYPOINT_NETWORKS, KeypointOutput
 from .mobilenet_unet import MobileNetV2UNet
 
@@ -17,5 +18,6 @@ MODELS.register("mobilenetv2_unet")(MobileNetV2UNet)
 MODELS.register("enet")(ENet)
 for _name, _factory in KEYPOINT_NETWORKS.items():
     MODELS.register(_name)(_factory)
+MODELS.register("glue")(GlueMatcher)
 
-__all__ = ["KEYPOINT_NETWORKS", "MODELS", "ENet", "FANet", "KeypointOutput", "MobileNetV2UNet", "SegmentationNet", "pad_to_multiple"]
+__all__ = ["KEYPOINT_NETWORKS", "MODELS", "ENet", "FANet", "GlueMatcher", "KeypointOutput", "MobileNetV2UNet", "SegmentationNet", "pad_to_multiple"]

@@ -1,26 +1,32 @@
 """Retinal image registration: keypoints, matching, robust transforms, FIRE protocol."""
 
-from .features import KEYPOINT_METHODS, Features, LearnedKeypoints, match_mutual_nearest
+from .features import KEYPOINT_METHODS, MATCHERS, Features, GlueMatching, LearnedKeypoints, MutualNearest, match_mutual_nearest
 from .fire import FirePair, PairOutcome, category_auc, load_fire, map_points, score_pair, summarize
 from .geometry import Estimate, estimate_transform, plausible
 from .pipeline import RegistrationResult, register_images, warp_to_fixed
 from .preprocess import preprocess_fundus, resize_matrix
 from .task import KeypointPairDataset, KeypointTask, warp_to_reference
+from .matching import MatchingTask, match_ground_truth
 
 __all__ = [
     "KEYPOINT_METHODS",
+    "MATCHERS",
+    "GlueMatching",
+    "MutualNearest",
     "Estimate",
     "Features",
     "FirePair",
     "KeypointPairDataset",
     "KeypointTask",
     "LearnedKeypoints",
+    "MatchingTask",
     "PairOutcome",
     "RegistrationResult",
     "category_auc",
     "estimate_transform",
     "load_fire",
     "map_points",
+    "match_ground_truth",
     "match_mutual_nearest",
     "plausible",
     "preprocess_fundus",

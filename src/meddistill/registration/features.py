@@ -11,15 +11,19 @@ from torch import nn
 
 from ..errors import MeddistillError
 from ..registry import Registry
-from .keypoints import heatmap_peaks, sample_descriptors
+from .keypoints import read_keypoints
 
 
 @dataclass
 class Features:
-    """Keypoints ``(N, 2)`` pixel (x, y) and their descriptors ``(N, D)``, float32."""
+    """Keypoints ``(N, 2)`` pixel (x, y) and their descriptors ``(N, D)``, float32; learned
+    methods add detection ``scores`` ``(N,)`` and the image ``size`` (H, W), which the glue
+    matcher needs."""
 
     keypoints: np.ndarray
     descriptors: np.ndarray
+    scores: np.ndarray | None = None
+    size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.keypoints)
@@ -81,9 +85,10 @@ class LearnedKeypoints:
             raise MeddistillError(f"keypoint networks need image sides that are multiples of 32, got {width}×{height}")
         image = torch.from_numpy(grey).float().div(255)[None, None].to(self.device)
         output = self.network(image)
-        points, _ = heatmap_peaks(output.heatmap[0, 0], self.nms_radius, self.threshold, self.border, self.max_keypoints)
-        descriptors = sample_descriptors(output.descriptors[0], points, (height, width))
-        return Features(points.cpu().numpy().astype(np.float32), descriptors.cpu().numpy().astype(np.float32))
+        found = read_keypoints(output.heatmap[0, 0], output.descriptors[0], self.nms_radius, self.threshold,
+                               self.border, self.max_keypoints)
+        as_numpy = lambda t: t.cpu().numpy().astype(np.float32)  # noqa: E731
+        return Features(as_numpy(found["keypoints"]), as_numpy(found["descriptors"]), as_numpy(found["scores"]), (height, width))
 
 
 def _shipped_keypoints(name: str):
@@ -102,6 +107,52 @@ def _shipped_keypoints(name: str):
 
 for _name in ("superpoint", "superretina", "superretina-lk", "superretina-swin", "retina-student"):
     KEYPOINT_METHODS.register(_name)(_shipped_keypoints(_name))
+
+
+MATCHERS: Registry = Registry("matcher")
+
+
+@MATCHERS.register("mnn")
+class MutualNearest:
+    """Mutual nearest neighbours of the descriptors with Lowe's ratio test (``ratio`` 0.9)."""
+
+    def __init__(self, ratio: float = 0.9) -> None:
+        self.ratio = ratio
+
+    def __call__(self, a: Features, b: Features) -> np.ndarray:
+        return match_mutual_nearest(a.descriptors, b.descriptors, self.ratio)
+
+
+class GlueMatching:
+    """The attentional graph matcher (``models/glue.py``) on a learned method's features;
+    matches are mutual best assignments above ``threshold`` (0.2)."""
+
+    def __init__(self, network: nn.Module, threshold: float = 0.2, device: torch.device | str = "cpu") -> None:
+        self.network, self.threshold, self.device = network.eval().to(device), threshold, device
+
+    @classmethod
+    def from_checkpoint(cls, weights: str | None = None, **kwargs) -> "GlueMatching":
+        from ..zoo import load_model
+
+        if weights is None:
+            raise MeddistillError("no weights for the glue matcher are shipped yet; pass a checkpoint with --matcher-weights")
+        return cls(load_model(weights, task="keypoint-matching")[0], **kwargs)
+
+    @torch.inference_mode()
+    def __call__(self, a: Features, b: Features) -> np.ndarray:
+        from ..models.glue import mutual_matches
+
+        if a.scores is None or b.scores is None:
+            raise MeddistillError("the glue matcher needs a learned keypoint method (scores and 256-d descriptors), not SIFT")
+        as_dict = lambda f: {"keypoints": torch.from_numpy(f.keypoints).to(self.device),  # noqa: E731
+                             "scores": torch.from_numpy(f.scores).to(self.device),
+                             "descriptors": torch.from_numpy(f.descriptors).to(self.device), "size": f.size}
+        if len(a) == 0 or len(b) == 0:
+            return np.zeros((0, 2), int)
+        return mutual_matches(self.network.match(as_dict(a), as_dict(b)), self.threshold)
+
+
+MATCHERS.register("glue")(GlueMatching.from_checkpoint)
 
 
 def match_mutual_nearest(a: np.ndarray, b: np.ndarray, ratio: float = 0.9) -> np.ndarray:

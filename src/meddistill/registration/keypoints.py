@@ -91,3 +91,15 @@ def sample_descriptors(descriptors: Tensor, keypoints: Tensor, image_size: tuple
     grid = (keypoints * scale - 1.0).view(1, 1, -1, 2).to(descriptors.dtype)
     sampled = F.grid_sample(descriptors[None], grid, mode="bilinear", align_corners=True)[0, :, 0]  # (D, N)
     return F.normalize(sampled.t(), dim=1)
+
+
+def read_keypoints(
+    heatmap: Tensor, descriptors: Tensor, radius: int = 10, threshold: float = 0.01, border: int = 4,
+    max_keypoints: int | None = None,
+) -> dict:
+    """One image's keypoints from a network's output: ``heatmap`` ``(H, W)``, ``descriptors``
+    ``(D, h, w)`` → dict of ``keypoints`` (N, 2) (x, y), ``scores`` (N,), ``descriptors`` (N, D)
+    and ``size`` (H, W), what the matchers take."""
+    size = tuple(heatmap.shape)
+    points, scores = heatmap_peaks(heatmap, radius, threshold, border, max_keypoints)
+    return {"keypoints": points, "scores": scores, "descriptors": sample_descriptors(descriptors, points, size), "size": size}

@@ -10,12 +10,9 @@ import cv2
 import numpy as np
 
 from ..errors import MeddistillError
-from .features import KEYPOINT_METHODS, Features, match_mutual_nearest
+from .features import KEYPOINT_METHODS, MATCHERS, Features
 from .geometry import estimate_transform, plausible
 from .preprocess import preprocess_fundus, resize_matrix
-
-MATCHERS = ("mnn",)
-
 
 @dataclass
 class RegistrationResult:
@@ -54,7 +51,7 @@ def register_images(
     fixed: np.ndarray,
     moving: np.ndarray,
     method: str | Callable[[np.ndarray], Features] = "sift",
-    matcher: str | None = None,
+    matcher: str | Callable[[Features, Features], np.ndarray] | None = None,
     model: str = "affine",
     size: int = 768,
     min_inliers: int = 10,
@@ -62,8 +59,8 @@ def register_images(
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (both ``(H, W, 3)`` uint8, any sizes).
 
-    ``method`` is a registered keypoint method's name or a built one (build it once to
-    register many pairs). Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`; the transform is
+    ``method`` and ``matcher`` are registered names or built ones (build them once to register
+    many pairs); the default matcher is the method's. Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`; the transform is
     estimated there and converted to original pixels. The result is ``failed`` (with a reason)
     when fewer than ``min_inliers`` matches, or fewer than ``min_inlier_ratio`` of them, agree,
     or when the transform is implausible (a reflection or an extreme scale).
@@ -71,11 +68,10 @@ def register_images(
     _check_pair(fixed, moving)
     detector = KEYPOINT_METHODS.build(method) if isinstance(method, str) else method
     matcher = matcher or detector.default_matcher
-    if matcher not in MATCHERS:
-        raise MeddistillError(f"unknown matcher '{matcher}'; choose from {', '.join(MATCHERS)}")
+    matcher = MATCHERS.build(matcher) if isinstance(matcher, str) else matcher
     started = time.perf_counter()
     features = [detector(preprocess_fundus(image, size)) for image in (fixed, moving)]
-    pairs = match_mutual_nearest(features[0].descriptors, features[1].descriptors)
+    pairs = matcher(features[0], features[1])
     fixed_pts = features[0].keypoints[pairs[:, 0]]
     moving_pts = features[1].keypoints[pairs[:, 1]]
     estimate = estimate_transform(moving_pts, fixed_pts, model)

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from ..config import DataConfig
 from ..errors import MeddistillError
 from ..tasks import TASKS, Task, TaskData
-from .features import LearnedKeypoints
+from .features import LearnedKeypoints, MutualNearest
 from .fire import score_pair, summarize
 from .keypoints import heatmap_peaks, keypoint_map, sample_descriptors, smooth_labels, vessel_junctions
 from .losses import heatmap_dice_loss, superpoint_descriptor_loss, superpoint_detector_loss, triplet_descriptor_loss
@@ -304,27 +304,37 @@ class KeypointTask(Task):
         return torch.stack(terms).mean() if terms else descriptors.sum() * 0.0
 
     def build_data(self, data: DataConfig, seed: int) -> TaskData:
-        from ..builders import build_samples
-
-        train, held_out = build_samples(data, seed)
-        dataset = KeypointPairDataset(train, self.image_size, data.patch_size, data.patches_per_image, seed)
+        task_data = pair_task_data(data, seed, self.image_size)
         if self.adaptation_from is not None:
             from ..zoo import load_model
 
-            dataset.relabel(load_model(self.adaptation_from, task=self.name)[0], self.adaptation_warps)
-        rng = np.random.default_rng(seed)
-        validation = []
-        for k, sample in enumerate(held_out):
-            for category in ("S", "P"):
-                query, points = synthetic_pair(sample.image, category, rng)
-                validation.append(ValidationPair(f"{category}{k + 1:02d}", sample.image, query, points[:, :2], points[:, 2:]))
-        return TaskData(dataset, validation, {"image_size": self.image_size})
+            task_data.dataset.relabel(load_model(self.adaptation_from, task=self.name)[0], self.adaptation_warps)
+        return task_data
 
     def validate(self, model, validation: list, device: torch.device) -> dict[str, float]:
-        detector = LearnedKeypoints(model, device=device)
-        outcomes = [
-            score_pair(pair, register_images(pair.fixed, pair.moving, detector, model="homography", size=self.image_size).transform)
-            for pair in validation
-        ]
-        summary = summarize(outcomes)
-        return {key: float(summary[key]) for key in ("mauc", "auc_S", "auc_P", "failed", "inaccurate")}
+        return fire_validation(LearnedKeypoints(model, device=device), MutualNearest(), validation, self.image_size)
+
+
+def pair_task_data(data: DataConfig, seed: int, image_size: int) -> TaskData:
+    """Training pairs from the training photos; synthetic S and P pairs of the held-out ones."""
+    from ..builders import build_samples
+
+    train, held_out = build_samples(data, seed)
+    dataset = KeypointPairDataset(train, image_size, data.patch_size, data.patches_per_image, seed)
+    rng = np.random.default_rng(seed)
+    validation = []
+    for k, sample in enumerate(held_out):
+        for category in ("S", "P"):
+            query, points = synthetic_pair(sample.image, category, rng)
+            validation.append(ValidationPair(f"{category}{k + 1:02d}", sample.image, query, points[:, :2], points[:, 2:]))
+    return TaskData(dataset, validation, {"image_size": image_size})
+
+
+def fire_validation(detector, matcher, pairs: list[ValidationPair], image_size: int) -> dict[str, float]:
+    """Register each pair (homography) and score it by the FIRE protocol."""
+    outcomes = [
+        score_pair(pair, register_images(pair.fixed, pair.moving, detector, matcher, "homography", image_size).transform)
+        for pair in pairs
+    ]
+    summary = summarize(outcomes)
+    return {key: float(summary[key]) for key in ("mauc", "auc_S", "auc_P", "failed", "inaccurate")}

@@ -6,8 +6,8 @@ two images) refine them; their inner products, with a learnable dustbin row and 
 through a log-domain Sinkhorn to a partial assignment. A match is a mutual best assignment
 above ``threshold`` (0.2); the rest go to the dustbins (no match).
 
-Shapes: keypoints ``(N, 2)`` pixels, scores ``(N,)``, descriptors ``(N, D)``, one image pair at
-a time (pairs differ in keypoint counts).
+Shapes: keypoints ``(N, 2)`` pixels, scores ``(N,)``, descriptors ``(N, D)``; ``forward`` takes a
+list of image pairs, since pairs differ in keypoint counts.
 """
 
 from __future__ import annotations
@@ -106,9 +106,12 @@ class GlueMatcher(nn.Module):
         normalised = (keypoints - centre) / (0.7 * max(height, width))  # SuperGlue's normalisation
         return descriptors + self.keypoint_encoder(torch.cat([normalised, scores[:, None]], dim=1))
 
-    def forward(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
-        """``a``, ``b``: ``keypoints`` (N, 2), ``scores`` (N,), ``descriptors`` (N, D), ``size`` (H, W).
-        Returns the log assignment ``(N + 1, M + 1)``."""
+    def forward(self, pairs: list[tuple[dict, dict]]) -> list[Tensor]:
+        """Each pair ``(a, b)`` of dicts with ``keypoints`` (N, 2), ``scores`` (N,), ``descriptors``
+        (N, D) and ``size`` (H, W) → its log assignment ``(N + 1, M + 1)``."""
+        return [self.match(a, b) for a, b in pairs]
+
+    def match(self, a: dict, b: dict) -> Tensor:
         x = self.encode(a["keypoints"], a["scores"], a["descriptors"], a["size"])
         y = self.encode(b["keypoints"], b["scores"], b["descriptors"], b["size"])
         for self_layer, cross_layer in zip(self.self_layers, self.cross_layers):
