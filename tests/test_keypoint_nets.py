@@ -110,6 +110,18 @@ def test_triplet_descriptor_loss_by_hand():
         triplet_descriptor_loss(anchor[:1], positive[:1])
 
 
+def test_triplet_descriptor_loss_ignores_neighbours_as_negatives():
+    anchor = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # keypoints 0 and 1 are 2 px apart (indistinguishable), 2 is far away
+    positions = torch.tensor([[10.0, 10.0], [12.0, 10.0], [60.0, 60.0]])
+    # without positions, 0 and 1 are each other's hardest negative (Φ = 0): 0.8 − ½(Φ_rand + 0) > 0
+    assert triplet_descriptor_loss(anchor, anchor, generator=torch.Generator().manual_seed(0)).item() > 0
+    # with them, every anchor's only negative is at Φ = 1: max(0, 0.8 − 1) = 0
+    assert triplet_descriptor_loss(anchor, anchor, positions=positions).item() == pytest.approx(0.0)
+    # all neighbours: no negatives at all, no loss
+    assert triplet_descriptor_loss(anchor[:2], anchor[:2], positions=positions[:2]).item() == 0.0
+
+
 def test_triplet_descriptor_loss_has_gradients():
     anchor = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=1).requires_grad_()
     positive = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(1)), dim=1)

@@ -39,7 +39,7 @@ class KeypointDistiller(TeacherStudentDistiller):
                 continue
             anchor = sample_descriptors(student.descriptors[i], points, size)
             positive = sample_descriptors(teacher.descriptors[i], points, size)
-            terms.append(triplet_descriptor_loss(anchor, positive, self.margin))
+            terms.append(triplet_descriptor_loss(anchor, positive, self.margin, points))
         descriptor = torch.stack(terms).mean() if terms else student.descriptors.sum() * 0.0
         return {
             "heatmap_kd": self.heatmap_weight * heatmap_dice_loss(student.heatmap, teacher.heatmap),

@@ -31,24 +31,39 @@ def heatmap_dice_loss(prediction: Tensor, target: Tensor, mask: Tensor | None = 
 
 
 def triplet_descriptor_loss(
-    anchor: Tensor, positive: Tensor, margin: float = 0.8, generator: torch.Generator | None = None
+    anchor: Tensor,
+    positive: Tensor,
+    margin: float = 0.8,
+    positions: Tensor | None = None,
+    exclusion_radius: float = 8.0,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """SuperRetina's descriptor triplet loss on cosine distance Φ = 1 − a·b.
 
     For anchor i the positive is ``positive[i]``; the negative distance is the mean of the
     hardest (closest non-matching ``positive[j]``) and a random non-matching one:
-    mean_i max(0, m + Φ_ii − ½(Φ_rand + Φ_hard)). Averaged rather than summed over keypoints
-    so its scale does not grow with their number. Needs at least two keypoints.
+    mean_i max(0, m + Φ_ii − ½(Φ_rand + Φ_hard)). With the keypoints' ``positions`` ``(N, 2)``
+    (px), keypoints closer than ``exclusion_radius`` to the anchor are not negatives: the
+    descriptor map is 8× coarser, so two such neighbours cannot be told apart and treating
+    them as negatives drives the descriptors to collapse. Anchors without a negative are
+    skipped. Averaged rather than summed over keypoints so the scale does not grow with their
+    number. Needs at least two keypoints.
     """
     count = anchor.shape[0]
     if count < 2 or anchor.shape != positive.shape:
         raise ValueError(f"need ≥ 2 matching descriptor pairs of equal shape, got {tuple(anchor.shape)} and {tuple(positive.shape)}")
     distance = 1.0 - anchor @ positive.t()  # (N, N)
-    matched = distance.diagonal()
-    hardest = (distance + 4.0 * torch.eye(count, device=distance.device)).min(dim=1).values  # Φ ≤ 2 off the diagonal
-    offset = int(torch.randint(1, count, (1,), generator=generator))
-    random = distance[torch.arange(count), (torch.arange(count) + offset) % count]
-    return F.relu(margin + matched - 0.5 * (random + hardest)).mean()
+    allowed = ~torch.eye(count, dtype=torch.bool, device=distance.device)
+    if positions is not None:
+        allowed &= torch.cdist(positions, positions) >= exclusion_radius
+    usable = allowed.any(dim=1)
+    if not usable.any():
+        return distance.sum() * 0.0
+    hardest = distance.masked_fill(~allowed, 4.0).min(dim=1).values  # Φ ≤ 2: a masked entry is never the minimum
+    # a random allowed negative per anchor: the allowed entry with the largest random key
+    keys = torch.rand(distance.shape, generator=generator).to(distance).masked_fill(~allowed, -1.0)
+    random = distance.gather(1, keys.argmax(dim=1, keepdim=True))[:, 0]
+    return F.relu(margin + distance.diagonal() - 0.5 * (random + hardest))[usable].mean()
 
 
 def superpoint_detector_loss(cell_logits: Tensor, keypoints: Tensor, generator: torch.Generator | None = None) -> Tensor:

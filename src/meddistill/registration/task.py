@@ -300,7 +300,7 @@ class KeypointTask(Task):
                 continue
             anchor = sample_descriptors(descriptors[i], points[keep], size)
             positive = sample_descriptors(warped_descriptors[i], moved[keep], size)
-            terms.append(triplet_descriptor_loss(anchor, positive, self.margin))
+            terms.append(triplet_descriptor_loss(anchor, positive, self.margin, points[keep]))
         return torch.stack(terms).mean() if terms else descriptors.sum() * 0.0
 
     def build_data(self, data: DataConfig, seed: int) -> TaskData:
