@@ -20,9 +20,9 @@ from pathlib import Path
 
 from meddistill.config import load_config
 from meddistill.cost import measure_cost
-from meddistill.data import load_dataset, split_samples
-from meddistill.engine import evaluate_samples, training_fov_diameter
+from meddistill.data import load_dataset, split_samples, training_fov_diameter
 from meddistill.experiment import load_grid, plan_runs, run_state, train_runs
+from meddistill.inference import evaluate_samples
 from meddistill.zoo import load_model
 
 ROOT = Path(__file__).resolve().parents[1]

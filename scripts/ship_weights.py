@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from meddistill.builders import build_samples
 from meddistill.config import config_from_dict
-from meddistill.engine import training_fov_diameter
+from meddistill.data import training_fov_diameter
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "meddistill" / "weights"
 
@@ -35,7 +35,8 @@ def main() -> None:
 
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     meta = json.loads((args.run_dir / f"{args.stem}.json").read_text())
-    if "fov_diameter_px" not in meta:  # runs started before the engine recorded it
+    segmenter = meta.get("task", "vessel-segmentation") == "vessel-segmentation"
+    if segmenter and "fov_diameter_px" not in meta:  # runs started before the engine recorded it
         config = config_from_dict(meta["config"])
         train_samples, _ = build_samples(config.data, config.seed)
         meta["fov_diameter_px"] = training_fov_diameter(train_samples)
