@@ -334,7 +334,7 @@ def models() -> None:
     for name, meta in shipped.items():
         data = meta.get("config", {}).get("data", {})
         metrics = meta.get("metrics", {})
-        summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("f1", "sensitivity", "auc") if k in metrics)
+        summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("f1", "sensitivity", "auc", "mauc") if k in metrics)
         table.add_row(name, meta["model"], meta.get("method", "?"), data.get("dataset", "?"), summary)
     console.print(table if shipped else "no shipped models")
 
