@@ -184,7 +184,8 @@ class KeypointTask(Task):
     among the landed positions is its own, with ratio < ``expansion_ratio``. A verified point
     is written into a value map of its photo (+``expansion_value``, −1 per epoch) and is a label
     while its value is positive, so points the network keeps finding stay labels and the rest
-    fade. The value maps live in this process (each DDP rank keeps its own).
+    fade. The value maps live in this process (each DDP rank keeps its own) and are not part of
+    the checkpoint: a resumed run grows them anew from the junction labels.
 
     ``objective: superpoint`` trains SuperPoint's way instead: cross-entropy over the 65
     classes of each 8×8 cell for both views, plus ``descriptor_weight`` (10⁻⁴) × the dense
