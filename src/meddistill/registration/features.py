@@ -75,7 +75,9 @@ class LearnedKeypoints:
     def from_checkpoint(cls, name_or_path: str, **kwargs) -> "LearnedKeypoints":
         from ..zoo import load_model
 
-        network, _ = load_model(name_or_path, task="retinal-keypoints")
+        network, meta = load_model(name_or_path, task="retinal-keypoints")
+        # a threshold chosen on the model's validation pairs (scripts/calibrate_keypoints.py)
+        kwargs.setdefault("threshold", meta.get("detection_threshold", 0.01))
         return cls(network, **kwargs)
 
     @torch.inference_mode()
