@@ -123,6 +123,7 @@ def test_keypoint_kd_terms_vanish_for_a_student_equal_to_its_teacher():
     student = MODELS.build("retina-student")
     student.load_state_dict(teacher.state_dict())
     distiller = KeypointDistiller(student, teacher, KeypointTask(image_size=64), threshold=0.0)
+    student.eval()  # the distiller keeps the teacher in eval mode; batch norm must match
     image = torch.rand(2, 1, 64, 64)
     out_s, out_t = student(image), teacher(image)
     losses = distiller.distillation_losses({}, out_s, out_t)
