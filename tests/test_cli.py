@@ -173,3 +173,25 @@ def test_demo_quick_writes_report(tmp_path):
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert set(results) == {"teacher", "student-scratch", "student-kd"}
     assert results["teacher"]["gflops"] > results["student-kd"]["gflops"]
+
+
+def test_a_clahe_trained_model_segments_with_clahe(photo, tmp_path):
+    from meddistill.checkpoint import read_meta
+    from meddistill.inference import predict_probability
+    from meddistill.zoo import load_model
+
+    values = tiny_config_dict(tmp_path, "clahe", task={"name": "vessel-segmentation", "args": {"clahe": True}},
+                              train={"epochs": 1, "batch_size": 2})
+    config = tmp_path / "clahe.yaml"
+    config.write_text(yaml.safe_dump(values))
+    assert invoke("train", config, "--no-progress").exit_code == 0
+    stem = tmp_path / "runs" / "clahe" / "best"
+    assert read_meta(stem)["clahe"] is True
+    out = tmp_path / "out"
+    assert invoke("segment", photo, "--model", stem, "--out", out).exit_code == 0
+    net, meta = load_model(stem)
+    image = read_rgb(photo)
+    expected = {clahe: np.round(255 * predict_probability(net, image, fov_diameter_px=meta["fov_diameter_px"], clahe=clahe))
+                for clahe in (True, False)}
+    written = np.asarray(Image.open(out / "eye_prob.png"))
+    assert np.array_equal(written, expected[True]) and not np.array_equal(written, expected[False])

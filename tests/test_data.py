@@ -17,6 +17,7 @@ from meddistill.data import (
     PatchDataset,
     VesselSample,
     compute_fov,
+    equalize_contrast,
     load_chase,
     load_dataset,
     load_drive,
@@ -313,6 +314,26 @@ def test_normalize_image_zscores_inside_fov():
     assert not out[:, ~fov].any()
     with pytest.raises(MeddistillError, match="empty"):
         normalize_image(image, np.zeros_like(fov))
+
+
+def test_equalize_contrast_raises_local_contrast_and_keeps_shape():
+    rng = np.random.default_rng(0)
+    faint = (120 + 6 * rng.random((64, 64, 3))).astype(np.uint8)  # a washed-out photo
+    out = equalize_contrast(faint)
+    assert out.shape == faint.shape and out.dtype == np.uint8
+    assert out.std() > 2 * faint.std()
+    assert equalize_contrast(faint[..., :1]).shape == (64, 64, 1)
+    for bad in (faint.astype(np.float32), faint[..., :2], faint[None]):
+        with pytest.raises(MeddistillError, match="contrast"):
+            equalize_contrast(bad)
+
+
+def test_normalize_image_with_clahe_zscores_the_equalised_photo():
+    image, _, fov = _fundus(4)
+    out = normalize_image(image, fov, clahe=True)
+    np.testing.assert_allclose(out[:, fov].mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(out, normalize_image(equalize_contrast(image), fov))
+    assert not np.allclose(out, normalize_image(image, fov))
 
 
 def _aligned_sample() -> VesselSample:

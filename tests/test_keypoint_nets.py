@@ -72,6 +72,15 @@ def test_heatmap_peaks_nms_threshold_border_and_order():
         heatmap_peaks(heat[None])
 
 
+def test_heatmap_peaks_keep_one_peak_of_a_plateau():
+    heat = torch.zeros(40, 40)
+    heat[10, 10:13] = 1.0  # a saturated plateau: three exact local maxima within the radius
+    heat[10, 30] = 1.0  # a tie farther away than the radius survives
+    points, scores = heatmap_peaks(heat, radius=3, threshold=0.5, border=0)
+    assert points.tolist() == [[10.0, 10.0], [30.0, 10.0]]  # first in raster order wins the tie
+    assert scores.tolist() == [1.0, 1.0]
+
+
 def test_sample_descriptors_interpolates_and_normalises():
     coarse = torch.zeros(2, 2, 2)
     coarse[0, :, 0] = 1.0  # left column points along axis 0

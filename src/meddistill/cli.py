@@ -109,7 +109,7 @@ def evaluate_segmentation(
     results = {}
     for name in model:
         net, meta = load_model(name, task="vessel-segmentation")
-        results[name] = evaluate_samples(net, samples, "cpu", _training_scale(meta, native_scale))
+        results[name] = evaluate_samples(net, samples, "cpu", _training_scale(meta, native_scale), meta.get("clahe", False))
     table = Table(title=f"{dataset} at {root} ({len(samples)} images)")
     table.add_column("model")
     columns = list(next(iter(results.values())))
@@ -305,7 +305,7 @@ def evaluate_fsd(
               "student (distilled)": (distilled, gkd.student_alignment)}
     scored.update({name: (load_model(name, expect=meta["model"])[0], gkd.student_alignment) for name in model or []})
     results = {
-        name: frechet_semantic_distance(net, header, gkd.autoencoder, samples, patch_size, scale)
+        name: frechet_semantic_distance(net, header, gkd.autoencoder, samples, patch_size, scale, meta.get("clahe", False))
         for name, (net, header) in scored.items()
     }
     table = Table(title=f"FSD on {dataset} at {root} ({len(samples)} images), lower is better")
@@ -362,7 +362,8 @@ def segment(
         raise MeddistillError("two input images share a file name stem; their outputs would overwrite each other")
     for path, image in loaded:
         written = segment_to_files(
-            net, image, path.stem, out, threshold=threshold, fov_diameter_px=_training_scale(meta, native_scale)
+            net, image, path.stem, out, threshold=threshold, fov_diameter_px=_training_scale(meta, native_scale),
+            clahe=meta.get("clahe", False),
         )
         console.print(f"{path} → {written['mask']}")
 

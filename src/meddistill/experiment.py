@@ -248,18 +248,19 @@ def evaluate_runs(
         check_run_config(run)
         net, meta = load_model(run.run_dir / "best")
         fov = meta.get("fov_diameter_px") or _training_diameter(run.config, diameters)
+        clahe = meta.get("clahe", False)
         key = f"{run.run_dir}@{meta['epoch']}@{fov:.1f}px"
         entry = cache.get(key, {})
         for name, samples in datasets.items():
             if name not in entry:
-                entry[name] = evaluate_samples(net, samples, "cpu", fov)
+                entry[name] = evaluate_samples(net, samples, "cpu", fov, clahe)
                 cache[key] = entry
                 out.mkdir(parents=True, exist_ok=True)
                 cache_path.write_text(json.dumps(cache, indent=2))
                 print(run.label, name, json.dumps(entry[name]), flush=True)
-        results[run.label] = {"run": run, "net": net, "metrics": entry, "fov": fov}
+        results[run.label] = {"run": run, "net": net, "metrics": entry, "fov": fov, "clahe": clahe}
         if METHODS.get(run.variant.method) is GKDDistiller:
-            results[run.label]["fsd"] = _fsd(run, net, datasets, fov)
+            results[run.label]["fsd"] = _fsd(run, net, datasets, fov, clahe)
     if with_cost:
         costs: dict[str, Any] = {}
         for result in results.values():
@@ -280,10 +281,15 @@ def _training_diameter(config: ExperimentConfig, known: dict[str, float]) -> flo
     return known[key]
 
 
-def _fsd(run: Run, student, datasets: dict[str, list[VesselSample]], fov: float | None) -> dict[str, dict[str, float]]:
+def _fsd(
+    run: Run, student, datasets: dict[str, list[VesselSample]], fov: float | None, clahe: bool
+) -> dict[str, dict[str, float]]:
     """FSD of the distilled student and of the scratch student it started from, per dataset."""
     gkd, patch = load_gkd_alignment(run.run_dir)
-    score = lambda net, samples: frechet_semantic_distance(net, gkd.student_alignment, gkd.autoencoder, samples, patch, fov)  # noqa: E731
+
+    def score(net: Any, samples: list[VesselSample]) -> float:
+        return frechet_semantic_distance(net, gkd.student_alignment, gkd.autoencoder, samples, patch, fov, clahe)
+
     return {name: {"distilled": score(student, s), "start": score(gkd.student, s)} for name, s in datasets.items()}
 
 
@@ -349,7 +355,7 @@ def write_figures(results: dict[str, dict[str, Any]], datasets: dict[str, list[V
         sample = samples[0]
         panels = {"image": sample.image, "truth": sample.vessels.astype(np.uint8) * 255}
         for label, result in results.items():
-            prob = predict_probability(result["net"], sample.image, sample.fov, fov_diameter_px=result["fov"])
+            prob = predict_probability(result["net"], sample.image, sample.fov, fov_diameter_px=result["fov"], clahe=result["clahe"])
             panels[label] = overlay(sample.image, prob >= 0.5, sample.vessels)
         path = figures / f"{''.join(c if c.isalnum() else '_' for c in name)}.jpg"  # photos: JPEG keeps the docs small
         plot_panels(panels, path, columns=min(len(panels), 5))

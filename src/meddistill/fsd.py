@@ -27,13 +27,16 @@ from .models import pad_to_multiple
 from .tasks import SegmentationTask
 
 
-def _tiles(sample: VesselSample, patch_size: int, fov_diameter_px: float | None) -> tuple[Tensor, Tensor]:
+def _tiles(
+    sample: VesselSample, patch_size: int, fov_diameter_px: float | None, clahe: bool
+) -> tuple[Tensor, Tensor]:
     """Image tiles ``(N, C, p, p)`` and label tiles ``(N, p, p)`` at least half inside the FOV,
-    after rescaling the photo to ``fov_diameter_px`` (see :func:`rescale_to_fov_diameter`)."""
+    after rescaling the photo to ``fov_diameter_px`` (see :func:`rescale_to_fov_diameter`) and
+    normalising it (with CLAHE when ``clahe``)."""
     image, fov, (vessels,) = rescale_to_fov_diameter(sample.image, sample.fov, fov_diameter_px, (sample.vessels,))
     labels = torch.from_numpy(vessels.astype(np.int64))
     height, width = fov.shape
-    image = torch.from_numpy(normalize_image(image, fov))
+    image = torch.from_numpy(normalize_image(image, fov, clahe))
     fov = torch.from_numpy(fov)
     images, masks = [], []
     for top in range(0, height - patch_size + 1, patch_size):
@@ -55,13 +58,14 @@ def semantic_latents(
     samples: Sequence[VesselSample],
     patch_size: int,
     fov_diameter_px: float | None = None,
+    clahe: bool = False,
     num_classes: int = 2,
     batch_size: int = 16,
 ) -> tuple[Tensor, Tensor]:
     """Aligned latents of ``network``'s bottleneck and autoencoder latents of the labels, ``(N, C)`` each."""
     network_latents, label_latents = [], []
     for sample in samples:
-        images, labels = _tiles(sample, patch_size, fov_diameter_px)
+        images, labels = _tiles(sample, patch_size, fov_diameter_px, clahe)
         for start in range(0, len(images), batch_size):
             image, label = images[start : start + batch_size], labels[start : start + batch_size]
             padded, _ = pad_to_multiple(image, network.stride)
@@ -88,10 +92,12 @@ def frechet_semantic_distance(
     samples: Sequence[VesselSample],
     patch_size: int,
     fov_diameter_px: float | None = None,
+    clahe: bool = False,
 ) -> float:
     """FSD of ``network`` (through its alignment ``header``) on ``samples``."""
     network.eval()
-    return frechet_distance(*semantic_latents(network, header, autoencoder, samples, patch_size, fov_diameter_px))
+    latents = semantic_latents(network, header, autoencoder, samples, patch_size, fov_diameter_px, clahe)
+    return frechet_distance(*latents)
 
 
 def load_gkd_alignment(run_dir: str | Path) -> tuple[GKDDistiller, int]:

@@ -26,6 +26,7 @@ def predict_probability(
     fov: np.ndarray | None = None,
     *,
     fov_diameter_px: float | None = None,
+    clahe: bool = False,
     tile: int = 1024,
     overlap: float = 0.25,
     device: torch.device | str = "cpu",
@@ -38,12 +39,13 @@ def predict_probability(
     resolution. Images larger than ``tile`` pixels on a side are processed in overlapping
     tiles blended with Gaussian weights, so memory stays bounded for any image size.
     Pixels outside the field of view (computed when ``fov`` is None) get probability 0.
+    ``clahe`` must match the model's training (the checkpoint's ``clahe`` metadata).
     """
     if fov is None:
         fov = compute_fov(image)
     height, width = fov.shape
     net_image, net_fov, _ = rescale_to_fov_diameter(image, fov, fov_diameter_px)
-    x = torch.from_numpy(normalize_image(net_image, net_fov)).unsqueeze(0).to(device)
+    x = torch.from_numpy(normalize_image(net_image, net_fov, clahe)).unsqueeze(0).to(device)
     model = model.eval().to(device)
     if max(x.shape[2:]) <= tile:
         logits = model(x)
@@ -56,16 +58,20 @@ def predict_probability(
 
 
 def evaluate_samples(
-    model: nn.Module, samples: list[VesselSample], device: torch.device | str, fov_diameter_px: float | None = None
+    model: nn.Module,
+    samples: list[VesselSample],
+    device: torch.device | str,
+    fov_diameter_px: float | None = None,
+    clahe: bool = False,
 ) -> dict[str, float]:
     """Metrics of ``model`` pooled over whole images, inside each image's field of view.
 
     ``fov_diameter_px`` rescales each image to that field-of-view diameter first (see
-    :func:`predict_probability`); metrics are at the original size.
+    :func:`predict_probability`, as ``clahe``); metrics are at the original size.
     """
     accumulator = MetricAccumulator()
     for sample in samples:
-        prob = predict_probability(model, sample.image, sample.fov, fov_diameter_px=fov_diameter_px, device=device)
+        prob = predict_probability(model, sample.image, sample.fov, fov_diameter_px=fov_diameter_px, clahe=clahe, device=device)
         accumulator.update(prob, sample.vessels, sample.fov)
     return accumulator.compute()
 
@@ -78,12 +84,13 @@ def segment_to_files(
     *,
     threshold: float = 0.5,
     fov_diameter_px: float | None = None,
+    clahe: bool = False,
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
     """Write ``<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (0–255) and ``<stem>_overlay.png``."""
     from .report import overlay  # imported here: it pulls in matplotlib, which inference alone never needs
 
-    prob = predict_probability(model, image, fov_diameter_px=fov_diameter_px, device=device)
+    prob = predict_probability(model, image, fov_diameter_px=fov_diameter_px, clahe=clahe, device=device)
     mask = prob >= threshold
     paths = {kind: out_dir / f"{stem}_{kind}.png" for kind in ("mask", "prob", "overlay")}
     write_png(paths["mask"], (mask * 255).astype(np.uint8))

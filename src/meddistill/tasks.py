@@ -61,12 +61,15 @@ class Task(nn.Module):
 @TASKS.register("vessel-segmentation")
 class SegmentationTask(Task):
     """Multi-class segmentation from logits ``(B, K, *spatial)`` and labels ``(B, *spatial)``;
-    trained on random patches, validated on whole images."""
+    trained on random patches, validated on whole images. ``clahe`` equalises each photo's
+    contrast before normalisation (:func:`~meddistill.data.equalize_contrast`); the checkpoint
+    records it, so inference repeats it."""
 
     name = "vessel-segmentation"
 
-    def __init__(self, loss: str = "dice_ce") -> None:
+    def __init__(self, loss: str = "dice_ce", clahe: bool = False) -> None:
         super().__init__()
+        self.clahe = clahe
         if loss not in SEGMENTATION_LOSSES:
             raise MeddistillError(f"unknown loss '{loss}'; choose from {', '.join(SEGMENTATION_LOSSES)}")
         self.loss_name = loss
@@ -86,14 +89,14 @@ class SegmentationTask(Task):
 
         train, validation = build_samples(data, seed)
         dataset = PatchDataset(
-            train, patch_size=data.patch_size, patches_per_image=data.patches_per_image, augment=data.augment, seed=seed
+            train, data.patch_size, data.patches_per_image, augment=data.augment, seed=seed, clahe=self.clahe
         )
-        return TaskData(dataset, validation, {"fov_diameter_px": training_fov_diameter(train)})
+        return TaskData(dataset, validation, {"fov_diameter_px": training_fov_diameter(train), "clahe": self.clahe})
 
     def validate(self, model: nn.Module, validation: list, device: torch.device) -> dict[str, float]:
         from .inference import evaluate_samples
 
-        return evaluate_samples(model, validation, device)
+        return evaluate_samples(model, validation, device, clahe=self.clahe)
 
 
 def build_task(config: ExperimentConfig) -> Task:

@@ -14,7 +14,7 @@ from .datasets import (
 )
 from .fov import compute_fov, fov_diameter, rescale_to_fov_diameter, training_fov_diameter
 from .io import IMAGE_SUFFIXES, read_mask, read_rgb, write_png
-from .patches import PatchDataset, normalize_image
+from .patches import PatchDataset, equalize_contrast, normalize_image
 from .phantom import FundusPhantom, make_fundus_phantom, make_phantom_dataset
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "load_stare",
     "make_fundus_phantom",
     "make_phantom_dataset",
+    "equalize_contrast",
     "normalize_image",
     "read_mask",
     "read_rgb",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 from monai.transforms import (
@@ -25,7 +26,7 @@ from torch.utils.data import Dataset
 
 from ..errors import MeddistillError
 
-__all__ = ["PatchDataset", "normalize_image"]
+__all__ = ["PatchDataset", "equalize_contrast", "normalize_image"]
 
 
 class _Sample(Protocol):
@@ -37,20 +38,38 @@ class _Sample(Protocol):
     fov: np.ndarray  # (*S) bool
 
 
-def normalize_image(image: np.ndarray, fov: np.ndarray) -> np.ndarray:
+def equalize_contrast(image: np.ndarray) -> np.ndarray:
+    """CLAHE (OpenCV, clip limit 2, 8×8 tiles) on a 2D photo's luminance: ``(H, W, 3)`` RGB or
+    ``(H, W, 1)`` grey uint8 in, same shape out. Colour photos are equalised in the L channel of
+    CIELAB, so hue is kept while uneven illumination and faint vessels are evened out."""
+    if image.ndim != 3 or image.shape[-1] not in (1, 3) or image.dtype != np.uint8:
+        raise MeddistillError(f"contrast equalisation needs a 2D uint8 grey or RGB image, got {image.shape} {image.dtype}")
+    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+    if image.shape[-1] == 1:
+        return clahe.apply(np.ascontiguousarray(image[..., 0]))[..., None]
+    lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB)
+    lab[..., 0] = clahe.apply(lab[..., 0])
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def normalize_image(image: np.ndarray, fov: np.ndarray, clahe: bool = False) -> np.ndarray:
     """Z-score each channel with its mean and std inside the field of view; zero outside.
 
-    This is the one preprocessing step of training and inference alike.
+    This is the one preprocessing step of training and inference alike; ``clahe`` equalises
+    the contrast first (:func:`equalize_contrast`), a choice the checkpoint records.
 
     Args:
         image: (*S, C) channel-last image, e.g. (H, W, 3) uint8.
         fov: (*S) bool field-of-view mask.
+        clahe: apply :func:`equalize_contrast` before z-scoring (2D uint8 photos only).
 
     Returns:
         (C, *S) float32 array, mean 0 and std 1 per channel inside ``fov``, 0 outside.
     """
     if not fov.any():
         raise MeddistillError("the field-of-view mask is empty; there is nothing to normalise")
+    if clahe:
+        image = equalize_contrast(image)
     channels = np.moveaxis(image, -1, 0).astype(np.float32)
     inside = channels[:, fov]  # (C, N)
     mean = inside.mean(axis=1)
@@ -89,6 +108,7 @@ class PatchDataset(Dataset):
 
     Item ``i`` comes from sample ``i % len(samples)``; its centre and augmentation depend only
     on ``(seed, epoch, i)``, so a run is reproducible whatever the DataLoader workers do.
+    Images are normalised once by :func:`normalize_image` (with CLAHE when ``clahe``).
     Call :meth:`set_epoch` before each epoch to draw new patches.
 
     Each item is a dict: ``image`` (C, p, p) float32, ``label`` (p, p) int64 in {0, 1},
@@ -102,6 +122,7 @@ class PatchDataset(Dataset):
         patches_per_image: int,
         augment: bool = True,
         seed: int = 0,
+        clahe: bool = False,
     ) -> None:
         if not samples:
             raise MeddistillError("no training images: the patch dataset is empty")
@@ -114,7 +135,7 @@ class PatchDataset(Dataset):
         # Padding by a patch on every side lets any in-image centre be cut with plain slicing.
         before, after = patch_size // 2, patch_size - patch_size // 2
         pad = [(before, after)] * spatial_dims
-        self._images = [np.pad(normalize_image(s.image, s.fov), [(0, 0)] + pad) for s in samples]
+        self._images = [np.pad(normalize_image(s.image, s.fov, clahe), [(0, 0)] + pad) for s in samples]
         self._labels = [np.pad(s.vessels, pad) for s in samples]
         self._fovs = [np.pad(s.fov, pad) for s in samples]
         self._boxes = [_bounding_box(s.fov) for s in samples]

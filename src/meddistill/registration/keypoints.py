@@ -70,15 +70,36 @@ def heatmap_peaks(
     """
     if heatmap.dim() != 2:
         raise ValueError(f"heatmap must be (H, W), got {tuple(heatmap.shape)}")
-    pooled = F.max_pool2d(heatmap[None, None], 2 * radius + 1, stride=1, padding=radius)[0, 0]
+    # A square max filter is separable: two 1D passes cost 2k instead of k² comparisons a pixel
+    # (10× faster at radius 10, the readout was as slow as the CPU student's network).
+    size = 2 * radius + 1
+    rows = F.max_pool2d(heatmap[None, None], (1, size), stride=1, padding=(0, radius))
+    pooled = F.max_pool2d(rows, (size, 1), stride=1, padding=(radius, 0))[0, 0]
     peak = (heatmap == pooled) & (heatmap > threshold)
     if border:
         peak[:border] = peak[-border:] = False
         peak[:, :border] = peak[:, -border:] = False
     ys, xs = torch.nonzero(peak, as_tuple=True)
     scores = heatmap[ys, xs]
-    order = torch.argsort(scores, descending=True)[:max_keypoints]
+    order = _break_ties(ys, xs, torch.argsort(scores, descending=True, stable=True), radius, peak.shape)[:max_keypoints]
     return torch.stack([xs[order], ys[order]], dim=1).float(), scores[order]
+
+
+def _break_ties(ys: Tensor, xs: Tensor, order: Tensor, radius: int, shape: tuple[int, int]) -> Tensor:
+    """``order`` without the peaks inside the ``(2·radius+1)²`` window of an earlier one.
+
+    Two local maxima that close are exactly equal (each is ≥ the other), which happens on
+    saturated plateaus (sigmoid = 1.0); keeping all of them puts several keypoints on one spot
+    and makes the count hinge on the last bit of the heatmap. The first in ``order`` (strongest,
+    then raster order) wins, so peaks without a tie are all kept.
+    """
+    taken = np.zeros(shape, bool)
+    keep = []
+    for index, y, x in zip(order.tolist(), ys[order].tolist(), xs[order].tolist()):
+        if not taken[y, x]:
+            keep.append(index)
+            taken[max(y - radius, 0) : y + radius + 1, max(x - radius, 0) : x + radius + 1] = True
+    return order.new_tensor(keep, dtype=torch.long)
 
 
 def sample_descriptors(descriptors: Tensor, keypoints: Tensor, image_size: tuple[int, int]) -> Tensor:
