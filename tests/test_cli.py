@@ -195,3 +195,9 @@ def test_a_clahe_trained_model_segments_with_clahe(photo, tmp_path):
                 for clahe in (True, False)}
     written = np.asarray(Image.open(out / "eye_prob.png"))
     assert np.array_equal(written, expected[True]) and not np.array_equal(written, expected[False])
+    # a student distilled from it must see CLAHE-equalised inputs too
+    values = tiny_config_dict(tmp_path, "kd", teacher={"name": "enet", "weights": str(stem)}, method={"name": "kd"},
+                              train={"epochs": 1, "batch_size": 2})
+    config.write_text(yaml.safe_dump(values))
+    result = invoke("distill", config, "--no-progress")
+    assert result.exit_code == 2 and "task.args.clahe: true" in result.output

@@ -22,7 +22,7 @@ from meddistill.registration import (
     score_pair,
     summarize,
 )
-from meddistill.registration.synthetic import write_fire_benchmark
+from meddistill.registration.synthetic import fire_frame, write_fire_benchmark
 
 runner = CliRunner()
 
@@ -126,6 +126,14 @@ def test_synthetic_fire_benchmark_scores_sift(photo, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "fire.json").read_text())["summary"]
     assert summary["pairs"] == 3 and 0 <= summary["mauc"] <= 1
+
+
+def test_fire_frame_pads_to_a_centred_square():
+    photo = np.full((60, 100, 3), 200, np.uint8)
+    framed = fire_frame(photo, 50)
+    assert framed.shape == (50, 50, 3)
+    assert framed[0, 25].max() == 0 and framed[25, 25].min() == 200  # black bands above and below
+    assert np.array_equal(fire_frame(photo[:50, :50], 50), photo[:50, :50])
 
 
 def test_register_cli_single_batch_and_failure(photo, tmp_path):

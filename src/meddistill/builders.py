@@ -34,19 +34,31 @@ def build_samples(data: DataConfig, seed: int) -> tuple[list[VesselSample], list
 
 def build_configured_network(cfg: NetworkConfig) -> nn.Module:
     """The network a config section names, with its weights when it names some."""
+    return _configured_network(cfg)[0]
+
+
+def _configured_network(cfg: NetworkConfig) -> tuple[nn.Module, dict]:
     if cfg.weights is None:
-        return build_network(cfg.name, cfg.args)
+        return build_network(cfg.name, cfg.args), {}
     model, meta = load_model(cfg.weights, expect=cfg.name)
     if cfg.args and meta.get("args") != cfg.args:
         raise MeddistillError(
             f"weights {cfg.weights} were trained with args {meta.get('args')}, config says {cfg.args}"
         )
-    return model
+    return model, meta
 
 
-def build_teacher(config: ExperimentConfig) -> nn.Module | None:
+def build_teacher(config: ExperimentConfig, task_meta: dict) -> nn.Module | None:
+    """The trained teacher; it must have seen its inputs prepared as the student's task
+    prepares them (``task_meta``), since both get the same batch."""
     if config.teacher is None:
         return None
     if config.teacher.weights is None:
         raise MeddistillError("teacher.weights must name a trained teacher (shipped name or checkpoint path)")
-    return build_configured_network(config.teacher)
+    teacher, meta = _configured_network(config.teacher)
+    if meta.get("clahe", False) != task_meta.get("clahe", False):
+        raise MeddistillError(
+            f"teacher {config.teacher.weights} was trained {'with' if meta.get('clahe') else 'without'} CLAHE; "
+            f"set task.args.clahe: {str(bool(meta.get('clahe'))).lower()} so the student sees the same inputs"
+        )
+    return teacher

@@ -270,13 +270,17 @@ def fire_benchmark(
     images: Annotated[list[Path], typer.Argument(help="Fundus photos (or folders of them) to build pairs from.")],
     out: Annotated[Path, typer.Option(help="Output folder in the FIRE layout.")] = Path("fire_synthetic"),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic transforms.")] = 0,
+    size: Annotated[
+        int, typer.Option(help="Side of the square frame each photo is put in, in px: FIRE's 2912 makes errors "
+                          "as strict as FIRE's; 0 keeps each photo's own size.")
+    ] = 2912,
 ) -> None:
     """Write a FIRE-layout benchmark (S, P and A pairs per photo, known transforms) for `evaluate fire`."""
     from .data import read_rgb
     from .registration.synthetic import write_fire_benchmark
 
     photos = {path.stem: read_rgb(path) for path in _expand_image_paths(images)}
-    names = write_fire_benchmark(photos, out, seed)
+    names = write_fire_benchmark(photos, out, seed, size=size or None)
     console.print(f"{len(names)} pairs written to {out}")
 
 

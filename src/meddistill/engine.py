@@ -180,7 +180,7 @@ class Trainer:
                 "to a checkpoint of the student trained with method 'none'"
             )
         self.student = build_configured_network(config.student)
-        teacher = build_teacher(config) if method.needs_teacher else None
+        teacher = build_teacher(config, self.task_meta) if method.needs_teacher else None
         example = self.dataset[0]["image"].unsqueeze(0)
         self.distiller = build_distiller(
             config.method.name,
