@@ -86,3 +86,13 @@ def test_measure_cost(two_threads):
     assert 10 <= cost.peak_memory_mb < 300
     assert cost.threads == 1 and cost.input_shape == (1, 1, 256, 256)
     assert torch.get_num_threads() == 2
+
+
+def test_example_input_follows_a_channels_last_model():
+    from meddistill.cost import _example_input
+
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3))
+    assert not _example_input(net, (1, 2, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last)
+    x = _example_input(net, (1, 2, 8, 8))
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.shape == (1, 2, 8, 8)

@@ -54,11 +54,17 @@ class ModelCost:
 
 
 def _example_input(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
-    """Seeded noise of ``input_shape`` in the model's floating dtype."""
+    """Seeded noise of ``input_shape`` in the model's floating dtype, channels-last when the
+    model's convolutions are (as the keypoint methods run them)."""
     dtypes = [p.dtype for p in model.parameters() if p.is_floating_point()]
     dtype = dtypes[0] if dtypes else torch.get_default_dtype()
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(tuple(input_shape), generator=generator, dtype=dtype)
+    x = torch.randn(tuple(input_shape), generator=generator, dtype=dtype)
+    # a weight with several input channels and a spatial kernel shows the layout unambiguously
+    kernels = [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+    if x.dim() == 4 and kernels and not kernels[0].is_contiguous():
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _check_threads(threads: int) -> None:
