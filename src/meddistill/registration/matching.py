@@ -57,7 +57,10 @@ class MatchingTask(Task):
         from ..zoo import load_model
 
         self.detector_name = detector
-        self.detector = load_model(detector, task="retinal-keypoints")[0].requires_grad_(False)
+        self.detector, meta = load_model(detector, task="retinal-keypoints")
+        self.detector.requires_grad_(False)
+        # validation registers pairs as `register` will: at the detector's calibrated threshold
+        self.detection_threshold = meta.get("detection_threshold", 0.01)
         self.image_size, self.nms_radius, self.threshold, self.max_keypoints = image_size, nms_radius, threshold, max_keypoints
         self.match_radius, self.unmatched_radius = match_radius, unmatched_radius
         self._features: list[tuple[dict, dict]] = []
@@ -92,5 +95,5 @@ class MatchingTask(Task):
         return task_data
 
     def validate(self, model, validation: list, device: torch.device) -> dict[str, float]:
-        return fire_validation(LearnedKeypoints(self.detector, device=device), GlueMatching(model, device=device),
-                               validation, self.image_size)
+        detector = LearnedKeypoints(self.detector, threshold=self.detection_threshold, device=device)
+        return fire_validation(detector, GlueMatching(model, device=device), validation, self.image_size)
