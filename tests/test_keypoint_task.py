@@ -104,8 +104,8 @@ def test_learned_method_errors_are_one_line(trained_keypoints, tmp_path):
     photo = phantom_samples(1, 256, seed=9)[0].image
     Image.fromarray(photo).save(tmp_path / "a.png")
     pair = [str(tmp_path / "a.png"), str(tmp_path / "a.png")]
-    result = runner.invoke(app, ["register", *pair, "--method", "superretina"])
-    assert result.exit_code == 2 and "no weights for method 'superretina'" in result.output
+    result = runner.invoke(app, ["register", *pair, "--method", "superretina-lk"])
+    assert result.exit_code == 2 and "no weights for method 'superretina-lk'" in result.output
     result = runner.invoke(app, ["register", *pair, "--method", "sift", "--weights", "x"])
     assert result.exit_code == 2 and "--weights is for learned methods" in result.output
     result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--model", str(trained_keypoints / "best"),

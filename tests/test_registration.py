@@ -101,20 +101,30 @@ def test_mutual_nearest_matching_by_hand():
     assert match_mutual_nearest(a, b[:0]).shape == (0, 2)
 
 
-def test_sift_recovers_a_known_affine_and_refuses_a_blank(photo):
+def _registration_error(photo, method, size):
+    """Largest error (px) of ``method`` on ``photo`` and a rotated, scaled and shifted copy."""
     truth = np.vstack([cv2.getRotationMatrix2D((192, 192), 6, 1.04), [0, 0, 1]])
     truth[:2, 2] += (9, -6)
     moving = cv2.warpAffine(photo, truth[:2], (384, 384))
-    result = register_images(photo, moving, "sift", size=384)
-    assert result.status == "ok"
+    result = register_images(photo, moving, method, size=size)
+    assert result.status == "ok", result.reason
     points = np.array([[150.0, 150.0], [250.0, 200.0], [180.0, 260.0]])
     moved = points @ truth[:2, :2].T + truth[:2, 2]
     mapped = np.c_[moved, np.ones(3)] @ result.transform.T
-    assert np.abs(mapped[:, :2] / mapped[:, 2:] - points).max() < 1.5
+    return np.abs(mapped[:, :2] / mapped[:, 2:] - points).max()
+
+
+def test_sift_recovers_a_known_affine_and_refuses_a_blank(photo):
+    assert _registration_error(photo, "sift", 384) < 1.5
     failed = register_images(photo, np.zeros_like(photo), "sift", size=384)
     assert failed.status == "failed" and failed.transform is None and failed.reason
     with pytest.raises(MeddistillError, match="must be 8-bit RGB"):
         register_images(photo, photo[..., 0])
+
+
+@pytest.mark.parametrize("method", ["retina-student", "superretina"])
+def test_shipped_keypoint_networks_recover_a_known_affine(photo, method):
+    assert _registration_error(photo, method, 768) < 2.0  # px at 384², from keypoints found at 768²
 
 
 def test_synthetic_fire_benchmark_scores_sift(photo, tmp_path):
