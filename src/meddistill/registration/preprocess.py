@@ -7,15 +7,19 @@ import numpy as np
 
 
 def preprocess_fundus(image: np.ndarray, size: int = 768, gamma: float = 1.2) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB → ``(size, size)`` uint8: green channel, z-scored and stretched to 0-255,
-    CLAHE (clip 2, 8×8 tiles), gamma ``gamma``, resized (area interpolation when shrinking)."""
-    green = image[..., 1].astype(np.float32)
+    """``(H, W, 3)`` uint8 RGB → ``(size, size)`` uint8: green channel resized (area interpolation
+    when shrinking), z-scored and stretched to 0-255, CLAHE (clip 2, 8×8 tiles), gamma ``gamma``.
+
+    Resizing first keeps the cost independent of the photo's size (a 2912² FIRE photo took
+    0.29 s the other way round); CLAHE's 8×8 tile grid is relative to the image, so it
+    equalises the same regions either way.
+    """
+    interpolation = cv2.INTER_AREA if max(image.shape[:2]) > size else cv2.INTER_LINEAR
+    green = cv2.resize(np.ascontiguousarray(image[..., 1]), (size, size), interpolation=interpolation).astype(np.float32)
     z = (green - green.mean()) / max(float(green.std()), 1e-6)
     stretched = cv2.normalize(z, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     equalised = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(stretched)
-    corrected = (255 * (equalised / 255.0) ** gamma).astype(np.uint8)
-    interpolation = cv2.INTER_AREA if max(image.shape[:2]) > size else cv2.INTER_LINEAR
-    return cv2.resize(corrected, (size, size), interpolation=interpolation)
+    return (255 * (equalised / 255.0) ** gamma).astype(np.uint8)
 
 
 def resize_matrix(original_shape: tuple[int, ...], size: int) -> np.ndarray:
