@@ -81,21 +81,27 @@ def heatmap_peaks(
         peak[:, :border] = peak[:, -border:] = False
     ys, xs = torch.nonzero(peak, as_tuple=True)
     scores = heatmap[ys, xs]
-    order = _break_ties(ys, xs, torch.argsort(scores, descending=True, stable=True), radius, peak.shape)[:max_keypoints]
+    order = _break_ties(ys, xs, torch.argsort(scores, descending=True, stable=True), radius, peak.shape, max_keypoints)
     return torch.stack([xs[order], ys[order]], dim=1).float(), scores[order]
 
 
-def _break_ties(ys: Tensor, xs: Tensor, order: Tensor, radius: int, shape: tuple[int, int]) -> Tensor:
-    """``order`` without the peaks inside the ``(2·radius+1)²`` window of an earlier one.
+def _break_ties(
+    ys: Tensor, xs: Tensor, order: Tensor, radius: int, shape: tuple[int, int], max_keypoints: int | None
+) -> Tensor:
+    """The first ``max_keypoints`` of ``order`` that lie outside the ``(2·radius+1)²`` window of
+    an earlier one.
 
-    Two local maxima that close are exactly equal (each is ≥ the other), which happens on
-    saturated plateaus (sigmoid = 1.0); keeping all of them puts several keypoints on one spot
-    and makes the count hinge on the last bit of the heatmap. The first in ``order`` (strongest,
-    then raster order) wins, so peaks without a tie are all kept.
+    Two local maxima that close are exactly equal (each is ≥ the other): flat plateaus, such as
+    a saturated sigmoid or neighbouring pixels given the same value, produce them. Keeping all
+    puts several keypoints on one spot and makes the count hinge on the last bit of the
+    heatmap. The first in ``order`` (strongest, then raster order) wins, so peaks without a tie
+    are all kept.
     """
     taken = np.zeros(shape, bool)
-    keep = []
+    keep: list[int] = []
     for index, y, x in zip(order.tolist(), ys[order].tolist(), xs[order].tolist()):
+        if max_keypoints is not None and len(keep) == max_keypoints:
+            break
         if not taken[y, x]:
             keep.append(index)
             taken[max(y - radius, 0) : y + radius + 1, max(x - radius, 0) : x + radius + 1] = True
