@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..data import equalize_contrast
+
 
 def preprocess_fundus(image: np.ndarray, size: int = 768, gamma: float = 1.2) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB → ``(size, size)`` uint8: green channel resized (area interpolation
@@ -18,7 +20,7 @@ def preprocess_fundus(image: np.ndarray, size: int = 768, gamma: float = 1.2) ->
     green = cv2.resize(np.ascontiguousarray(image[..., 1]), (size, size), interpolation=interpolation).astype(np.float32)
     z = (green - green.mean()) / max(float(green.std()), 1e-6)
     stretched = cv2.normalize(z, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    equalised = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(stretched)
+    equalised = equalize_contrast(stretched[..., None])[..., 0]
     return (255 * (equalised / 255.0) ** gamma).astype(np.uint8)
 
 
