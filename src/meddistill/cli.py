@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -58,8 +58,10 @@ NativeScaleOpt = Annotated[
 ]
 
 
-def _training_scale(meta: dict, native_scale: bool) -> float | None:
-    return None if native_scale else meta.get("fov_diameter_px")
+def _input_preparation(meta: dict, native_scale: bool) -> dict[str, Any]:
+    """How a segmenter's checkpoint wants photos prepared: the keyword arguments
+    ``fov_diameter_px`` and ``clahe`` of the inference functions."""
+    return {"fov_diameter_px": None if native_scale else meta.get("fov_diameter_px"), "clahe": meta.get("clahe", False)}
 
 
 def _run_training(config_path: Path, overrides: list[str] | None, resume: bool, progress: bool, distill: bool) -> None:
@@ -109,7 +111,7 @@ def evaluate_segmentation(
     results = {}
     for name in model:
         net, meta = load_model(name, task="vessel-segmentation")
-        results[name] = evaluate_samples(net, samples, "cpu", _training_scale(meta, native_scale), meta.get("clahe", False))
+        results[name] = evaluate_samples(net, samples, "cpu", **_input_preparation(meta, native_scale))
     table = Table(title=f"{dataset} at {root} ({len(samples)} images)")
     table.add_column("model")
     columns = list(next(iter(results.values())))
@@ -304,12 +306,12 @@ def evaluate_fsd(
     gkd, patch_size = load_gkd_alignment(run)
     samples = load_dataset(dataset, root)
     distilled, meta = load_model(run / "best")
-    scale = _training_scale(meta, native_scale)
+    preparation = _input_preparation(meta, native_scale)
     scored = {"teacher": (gkd.teacher, gkd.teacher_alignment), "student (start)": (gkd.student, gkd.student_alignment),
               "student (distilled)": (distilled, gkd.student_alignment)}
     scored.update({name: (load_model(name, expect=meta["model"])[0], gkd.student_alignment) for name in model or []})
     results = {
-        name: frechet_semantic_distance(net, header, gkd.autoencoder, samples, patch_size, scale, meta.get("clahe", False))
+        name: frechet_semantic_distance(net, header, gkd.autoencoder, samples, patch_size, **preparation)
         for name, (net, header) in scored.items()
     }
     table = Table(title=f"FSD on {dataset} at {root} ({len(samples)} images), lower is better")
@@ -366,8 +368,7 @@ def segment(
         raise MeddistillError("two input images share a file name stem; their outputs would overwrite each other")
     for path, image in loaded:
         written = segment_to_files(
-            net, image, path.stem, out, threshold=threshold, fov_diameter_px=_training_scale(meta, native_scale),
-            clahe=meta.get("clahe", False),
+            net, image, path.stem, out, threshold=threshold, **_input_preparation(meta, native_scale)
         )
         console.print(f"{path} → {written['mask']}")
 
