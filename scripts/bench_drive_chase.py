@@ -20,7 +20,7 @@ from pathlib import Path
 
 from meddistill.config import load_config
 from meddistill.cost import measure_cost
-from meddistill.data import load_dataset, split_samples, training_fov_diameter
+from meddistill.data import Preparation, load_dataset, split_samples, training_fov_diameter
 from meddistill.experiment import load_grid, plan_runs, run_state, train_runs
 from meddistill.inference import evaluate_samples
 from meddistill.zoo import load_model
@@ -72,7 +72,7 @@ def report_stage(args, teacher_cfg, student_cfg) -> None:
         evaluations = {
             "drive_heldout": lambda: evaluate_samples(net, drive_val, "cpu"),
             "chase": lambda: evaluate_samples(net, chase, "cpu"),  # native resolution
-            "chase_scaled": lambda: evaluate_samples(net, chase, "cpu", fov_diameter_px=train_diameter),
+            "chase_scaled": lambda: evaluate_samples(net, chase, "cpu", Preparation(train_diameter)),
         }
         for key, evaluate in evaluations.items():
             if key not in entry:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config_dict
 from meddistill.cli import app
-from meddistill.data import make_fundus_phantom, read_rgb
+from meddistill.data import Preparation, make_fundus_phantom, read_rgb
 
 runner = CliRunner()
 
@@ -191,7 +191,7 @@ def test_a_clahe_trained_model_segments_with_clahe(photo, tmp_path):
     assert invoke("segment", photo, "--model", stem, "--out", out).exit_code == 0
     net, meta = load_model(stem)
     image = read_rgb(photo)
-    expected = {clahe: np.round(255 * predict_probability(net, image, fov_diameter_px=meta["fov_diameter_px"], clahe=clahe))
+    expected = {clahe: np.round(255 * predict_probability(net, image, preparation=Preparation(meta["fov_diameter_px"], clahe)))
                 for clahe in (True, False)}
     written = np.asarray(Image.open(out / "eye_prob.png"))
     assert np.array_equal(written, expected[True]) and not np.array_equal(written, expected[False])

@@ -15,9 +15,11 @@ from PIL import Image
 
 from meddistill.data import (
     PatchDataset,
+    Preparation,
     VesselSample,
     compute_fov,
     equalize_contrast,
+    fov_diameter,
     load_chase,
     load_dataset,
     load_drive,
@@ -27,6 +29,7 @@ from meddistill.data import (
     normalize_image,
     read_mask,
     read_rgb,
+    rescale_to_fov_diameter,
     split_samples,
     write_png,
 )
@@ -334,6 +337,19 @@ def test_normalize_image_with_clahe_zscores_the_equalised_photo():
     np.testing.assert_allclose(out[:, fov].mean(axis=1), 0, atol=1e-5)
     np.testing.assert_allclose(out, normalize_image(equalize_contrast(image), fov))
     assert not np.allclose(out, normalize_image(image, fov))
+
+
+def test_preparation_rescales_then_normalises_as_the_checkpoint_records():
+    image, vessels, fov = _fundus(4)
+    preparation = Preparation.from_meta({"fov_diameter_px": 2 * fov_diameter(fov), "clahe": True})
+    assert preparation == Preparation(2 * fov_diameter(fov), True)
+    net_input, net_fov, (net_vessels,) = preparation(image, fov, (vessels,))
+    assert net_input.shape == (3, 2 * H, 2 * W) and net_fov.shape == net_vessels.shape == (2 * H, 2 * W)
+    big, big_fov, _ = rescale_to_fov_diameter(image, fov, 2 * fov_diameter(fov))
+    np.testing.assert_allclose(net_input, normalize_image(big, big_fov, clahe=True))
+    native, native_fov, _ = preparation.at_native_scale()(image, fov)
+    np.testing.assert_allclose(native, normalize_image(image, fov, clahe=True))
+    assert Preparation.from_meta({}) == Preparation()  # checkpoints from before either was recorded
 
 
 def _aligned_sample() -> VesselSample:

@@ -56,7 +56,7 @@ def test_shipped_models_load_and_segment(name, phantom):
 def test_fov_rescaling_undoes_a_change_of_camera_resolution(phantom):
     import cv2
 
-    from meddistill.data import fov_diameter
+    from meddistill.data import Preparation, fov_diameter
 
     torch.manual_seed(0)
     # 3x3 convolutions: the response depends on vessel width in pixels, as a real network's does.
@@ -66,7 +66,7 @@ def test_fov_rescaling_undoes_a_change_of_camera_resolution(phantom):
     big_fov = cv2.resize(phantom.fov.astype(np.uint8), (192, 192), interpolation=cv2.INTER_NEAREST).astype(bool)
     expected = cv2.resize(reference, (192, 192), interpolation=cv2.INTER_LINEAR)
     native = predict_probability(net, big_image, big_fov)
-    rescaled = predict_probability(net, big_image, big_fov, fov_diameter_px=fov_diameter(phantom.fov))
+    rescaled = predict_probability(net, big_image, big_fov, preparation=Preparation(fov_diameter(phantom.fov)))
     assert rescaled.shape == (192, 192)
     inside = big_fov & cv2.erode(big_fov.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
     assert np.abs(rescaled - expected)[inside].mean() < 0.5 * np.abs(native - expected)[inside].mean()

@@ -58,10 +58,12 @@ NativeScaleOpt = Annotated[
 ]
 
 
-def _input_preparation(meta: dict, native_scale: bool) -> dict[str, Any]:
-    """How a segmenter's checkpoint wants photos prepared: the keyword arguments
-    ``fov_diameter_px`` and ``clahe`` of the inference functions."""
-    return {"fov_diameter_px": None if native_scale else meta.get("fov_diameter_px"), "clahe": meta.get("clahe", False)}
+def _input_preparation(meta: dict, native_scale: bool):
+    """How a segmenter's checkpoint wants photos prepared (a :class:`~meddistill.data.Preparation`)."""
+    from .data import Preparation
+
+    preparation = Preparation.from_meta(meta)
+    return preparation.at_native_scale() if native_scale else preparation
 
 
 def _run_training(config_path: Path, overrides: list[str] | None, resume: bool, progress: bool, distill: bool) -> None:
@@ -111,7 +113,7 @@ def evaluate_segmentation(
     results = {}
     for name in model:
         net, meta = load_model(name, task="vessel-segmentation")
-        results[name] = evaluate_samples(net, samples, "cpu", **_input_preparation(meta, native_scale))
+        results[name] = evaluate_samples(net, samples, "cpu", _input_preparation(meta, native_scale))
     table = Table(title=f"{dataset} at {root} ({len(samples)} images)")
     table.add_column("model")
     columns = list(next(iter(results.values())))
@@ -311,7 +313,7 @@ def evaluate_fsd(
               "student (distilled)": (distilled, gkd.student_alignment)}
     scored.update({name: (load_model(name, expect=meta["model"])[0], gkd.student_alignment) for name in model or []})
     results = {
-        name: frechet_semantic_distance(net, header, gkd.autoencoder, samples, patch_size, **preparation)
+        name: frechet_semantic_distance(net, header, gkd.autoencoder, samples, patch_size, preparation)
         for name, (net, header) in scored.items()
     }
     table = Table(title=f"FSD on {dataset} at {root} ({len(samples)} images), lower is better")
@@ -363,13 +365,12 @@ def segment(
     # Read every image first so a bad file fails before any work is done.
     loaded = [(path, read_rgb(path)) for path in paths]
     net, meta = load_model(model, task="vessel-segmentation")
+    preparation = _input_preparation(meta, native_scale)
     stems = [path.stem for path in paths]
     if len(set(stems)) != len(stems):
         raise MeddistillError("two input images share a file name stem; their outputs would overwrite each other")
     for path, image in loaded:
-        written = segment_to_files(
-            net, image, path.stem, out, threshold=threshold, **_input_preparation(meta, native_scale)
-        )
+        written = segment_to_files(net, image, path.stem, out, threshold=threshold, preparation=preparation)
         console.print(f"{path} → {written['mask']}")
 
 

@@ -19,7 +19,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 from .builders import build_samples
 from .config import ExperimentConfig, build_dataclass, config_to_dict, load_config, read_yaml
 from .cost import measure_cost
-from .data import VesselSample, load_dataset, training_fov_diameter
+from .data import Preparation, VesselSample, load_dataset, training_fov_diameter
 from .distill import METHODS, GKDDistiller
 from .errors import MeddistillError
 from .fsd import frechet_semantic_distance, load_gkd_alignment
@@ -247,20 +247,21 @@ def evaluate_runs(
             continue
         check_run_config(run)
         net, meta = load_model(run.run_dir / "best")
-        fov = meta.get("fov_diameter_px") or _training_diameter(run.config, diameters)
-        clahe = meta.get("clahe", False)
-        key = f"{run.run_dir}@{meta['epoch']}@{fov:.1f}px"
+        preparation = Preparation.from_meta(meta)
+        if preparation.fov_diameter_px is None:
+            preparation = replace(preparation, fov_diameter_px=_training_diameter(run.config, diameters))
+        key = f"{run.run_dir}@{meta['epoch']}@{preparation.fov_diameter_px:.1f}px"
         entry = cache.get(key, {})
         for name, samples in datasets.items():
             if name not in entry:
-                entry[name] = evaluate_samples(net, samples, "cpu", fov, clahe)
+                entry[name] = evaluate_samples(net, samples, "cpu", preparation)
                 cache[key] = entry
                 out.mkdir(parents=True, exist_ok=True)
                 cache_path.write_text(json.dumps(cache, indent=2))
                 print(run.label, name, json.dumps(entry[name]), flush=True)
-        results[run.label] = {"run": run, "net": net, "metrics": entry, "fov": fov, "clahe": clahe}
+        results[run.label] = {"run": run, "net": net, "metrics": entry, "preparation": preparation}
         if METHODS.get(run.variant.method) is GKDDistiller:
-            results[run.label]["fsd"] = _fsd(run, net, datasets, fov, clahe)
+            results[run.label]["fsd"] = _fsd(run, net, datasets, preparation)
     if with_cost:
         costs: dict[str, Any] = {}
         for result in results.values():
@@ -282,13 +283,13 @@ def _training_diameter(config: ExperimentConfig, known: dict[str, float]) -> flo
 
 
 def _fsd(
-    run: Run, student, datasets: dict[str, list[VesselSample]], fov: float | None, clahe: bool
+    run: Run, student, datasets: dict[str, list[VesselSample]], preparation: Preparation
 ) -> dict[str, dict[str, float]]:
     """FSD of the distilled student and of the scratch student it started from, per dataset."""
     gkd, patch = load_gkd_alignment(run.run_dir)
 
     def score(net: Any, samples: list[VesselSample]) -> float:
-        return frechet_semantic_distance(net, gkd.student_alignment, gkd.autoencoder, samples, patch, fov, clahe)
+        return frechet_semantic_distance(net, gkd.student_alignment, gkd.autoencoder, samples, patch, preparation)
 
     return {name: {"distilled": score(student, s), "start": score(gkd.student, s)} for name, s in datasets.items()}
 
@@ -355,7 +356,7 @@ def write_figures(results: dict[str, dict[str, Any]], datasets: dict[str, list[V
         sample = samples[0]
         panels = {"image": sample.image, "truth": sample.vessels.astype(np.uint8) * 255}
         for label, result in results.items():
-            prob = predict_probability(result["net"], sample.image, sample.fov, fov_diameter_px=result["fov"], clahe=result["clahe"])
+            prob = predict_probability(result["net"], sample.image, sample.fov, preparation=result["preparation"])
             panels[label] = overlay(sample.image, prob >= 0.5, sample.vessels)
         path = figures / f"{''.join(c if c.isalnum() else '_' for c in name)}.jpg"  # photos: JPEG keeps the docs small
         plot_panels(panels, path, columns=min(len(panels), 5))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .builders import build_configured_network
 from .checkpoint import load_weights
 from .config import load_config
-from .data import VesselSample, normalize_image, rescale_to_fov_diameter
+from .data import Preparation, VesselSample
 from .distill import METHODS, GKDDistiller, build_distiller
 from .distill.gkd import one_hot_labels
 from .errors import MeddistillError
@@ -27,16 +27,13 @@ from .models import pad_to_multiple
 from .tasks import SegmentationTask
 
 
-def _tiles(
-    sample: VesselSample, patch_size: int, fov_diameter_px: float | None, clahe: bool
-) -> tuple[Tensor, Tensor]:
+def _tiles(sample: VesselSample, patch_size: int, preparation: Preparation) -> tuple[Tensor, Tensor]:
     """Image tiles ``(N, C, p, p)`` and label tiles ``(N, p, p)`` at least half inside the FOV,
-    after rescaling the photo to ``fov_diameter_px`` (see :func:`rescale_to_fov_diameter`) and
-    normalising it (with CLAHE when ``clahe``)."""
-    image, fov, (vessels,) = rescale_to_fov_diameter(sample.image, sample.fov, fov_diameter_px, (sample.vessels,))
+    after preparing the photo as the network's training did."""
+    image, fov, (vessels,) = preparation(sample.image, sample.fov, (sample.vessels,))
     labels = torch.from_numpy(vessels.astype(np.int64))
     height, width = fov.shape
-    image = torch.from_numpy(normalize_image(image, fov, clahe))
+    image = torch.from_numpy(image)
     fov = torch.from_numpy(fov)
     images, masks = [], []
     for top in range(0, height - patch_size + 1, patch_size):
@@ -57,15 +54,14 @@ def semantic_latents(
     autoencoder: nn.Module,
     samples: Sequence[VesselSample],
     patch_size: int,
-    fov_diameter_px: float | None = None,
-    clahe: bool = False,
+    preparation: Preparation = Preparation(),
     num_classes: int = 2,
     batch_size: int = 16,
 ) -> tuple[Tensor, Tensor]:
     """Aligned latents of ``network``'s bottleneck and autoencoder latents of the labels, ``(N, C)`` each."""
     network_latents, label_latents = [], []
     for sample in samples:
-        images, labels = _tiles(sample, patch_size, fov_diameter_px, clahe)
+        images, labels = _tiles(sample, patch_size, preparation)
         for start in range(0, len(images), batch_size):
             image, label = images[start : start + batch_size], labels[start : start + batch_size]
             padded, _ = pad_to_multiple(image, network.stride)
@@ -91,12 +87,11 @@ def frechet_semantic_distance(
     autoencoder: nn.Module,
     samples: Sequence[VesselSample],
     patch_size: int,
-    fov_diameter_px: float | None = None,
-    clahe: bool = False,
+    preparation: Preparation = Preparation(),
 ) -> float:
     """FSD of ``network`` (through its alignment ``header``) on ``samples``."""
     network.eval()
-    latents = semantic_latents(network, header, autoencoder, samples, patch_size, fov_diameter_px, clahe)
+    latents = semantic_latents(network, header, autoencoder, samples, patch_size, preparation)
     return frechet_distance(*latents)
 
 

@@ -10,7 +10,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from .data import VesselSample, compute_fov, normalize_image, rescale_to_fov_diameter, write_png
+from .data import Preparation, VesselSample, compute_fov, write_png
 from .metrics import MetricAccumulator
 
 
@@ -25,27 +25,25 @@ def predict_probability(
     image: np.ndarray,
     fov: np.ndarray | None = None,
     *,
-    fov_diameter_px: float | None = None,
-    clahe: bool = False,
+    preparation: Preparation = Preparation(),
     tile: int = 1024,
     overlap: float = 0.25,
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Vessel probability ``(H, W)`` float32 in [0, 1] for an RGB uint8 image ``(H, W, 3)``.
 
-    With ``fov_diameter_px`` (the training images' field-of-view diameter, in pixels) the
-    image is resized so that its field of view has that diameter, segmented, and the map
-    resized back: vessels then have the widths the network learnt, whatever the camera's
-    resolution. Images larger than ``tile`` pixels on a side are processed in overlapping
-    tiles blended with Gaussian weights, so memory stays bounded for any image size.
-    Pixels outside the field of view (computed when ``fov`` is None) get probability 0.
-    ``clahe`` must match the model's training (the checkpoint's ``clahe`` metadata).
+    The image is prepared as the model's training prepared its photos (``preparation``, from
+    the checkpoint: :meth:`Preparation.from_meta`): resized so that its field of view has the
+    training diameter, whatever the camera's resolution, and the map resized back. Images
+    larger than ``tile`` pixels on a side are processed in overlapping tiles blended with
+    Gaussian weights, so memory stays bounded for any image size. Pixels outside the field of
+    view (computed when ``fov`` is None) get probability 0.
     """
     if fov is None:
         fov = compute_fov(image)
     height, width = fov.shape
-    net_image, net_fov, _ = rescale_to_fov_diameter(image, fov, fov_diameter_px)
-    x = torch.from_numpy(normalize_image(net_image, net_fov, clahe)).unsqueeze(0).to(device)
+    net_input, _, _ = preparation(image, fov)
+    x = torch.from_numpy(net_input).unsqueeze(0).to(device)
     model = model.eval().to(device)
     if max(x.shape[2:]) <= tile:
         logits = model(x)
@@ -61,17 +59,14 @@ def evaluate_samples(
     model: nn.Module,
     samples: list[VesselSample],
     device: torch.device | str,
-    fov_diameter_px: float | None = None,
-    clahe: bool = False,
+    preparation: Preparation = Preparation(),
 ) -> dict[str, float]:
-    """Metrics of ``model`` pooled over whole images, inside each image's field of view.
-
-    ``fov_diameter_px`` rescales each image to that field-of-view diameter first (see
-    :func:`predict_probability`, as ``clahe``); metrics are at the original size.
+    """Metrics of ``model`` pooled over whole images, inside each image's field of view,
+    at the original size (each image is prepared as :func:`predict_probability` does).
     """
     accumulator = MetricAccumulator()
     for sample in samples:
-        prob = predict_probability(model, sample.image, sample.fov, fov_diameter_px=fov_diameter_px, clahe=clahe, device=device)
+        prob = predict_probability(model, sample.image, sample.fov, preparation=preparation, device=device)
         accumulator.update(prob, sample.vessels, sample.fov)
     return accumulator.compute()
 
@@ -83,14 +78,13 @@ def segment_to_files(
     out_dir: Path,
     *,
     threshold: float = 0.5,
-    fov_diameter_px: float | None = None,
-    clahe: bool = False,
+    preparation: Preparation = Preparation(),
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
     """Write ``<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (0–255) and ``<stem>_overlay.png``."""
     from .report import overlay  # imported here: it pulls in matplotlib, which inference alone never needs
 
-    prob = predict_probability(model, image, fov_diameter_px=fov_diameter_px, clahe=clahe, device=device)
+    prob = predict_probability(model, image, preparation=preparation, device=device)
     mask = prob >= threshold
     paths = {kind: out_dir / f"{stem}_{kind}.png" for kind in ("mask", "prob", "overlay")}
     write_png(paths["mask"], (mask * 255).astype(np.uint8))

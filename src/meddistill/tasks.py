@@ -94,9 +94,11 @@ class SegmentationTask(Task):
         return TaskData(dataset, validation, {"fov_diameter_px": training_fov_diameter(train), "clahe": self.clahe})
 
     def validate(self, model: nn.Module, validation: list, device: torch.device) -> dict[str, float]:
+        from .data import Preparation
         from .inference import evaluate_samples
 
-        return evaluate_samples(model, validation, device, clahe=self.clahe)
+        # validation photos come from the training set, so they are at the training scale already
+        return evaluate_samples(model, validation, device, Preparation(clahe=self.clahe))
 
 
 def build_task(config: ExperimentConfig) -> Task:

@@ -16,12 +16,14 @@ from .fov import compute_fov, fov_diameter, rescale_to_fov_diameter, training_fo
 from .io import IMAGE_SUFFIXES, read_mask, read_rgb, write_png
 from .patches import PatchDataset, equalize_contrast, normalize_image
 from .phantom import FundusPhantom, make_fundus_phantom, make_phantom_dataset
+from .preparation import Preparation
 
 __all__ = [
     "DATASET_LOADERS",
     "IMAGE_SUFFIXES",
     "FundusPhantom",
     "PatchDataset",
+    "Preparation",
     "VesselSample",
     "compute_fov",
     "fov_diameter",
