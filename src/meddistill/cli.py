@@ -263,7 +263,7 @@ def register(
         raise MeddistillError("give two images, FIXED MOVING (or --pairs CSV for batch mode)")
     result = run_one(images[0], images[1], out, json_out, figures, images[1].stem)
     verdict = "ok" if result.status == "ok" else f"failed: {result.reason}"
-    console.print(f"{verdict} ({result.inliers} of {result.matches} matches agree, {result.seconds:.2f} s)")
+    console.print(f"{verdict}: {result.inliers} of {result.matches} matches agree, {result.seconds:.2f} s")
     if result.status != "ok":
         raise typer.Exit(1)
 

@@ -85,9 +85,9 @@ def register_images(
         inlier_mask=estimate.inliers,
     )
     if estimate.matrix is None:
-        result.reason = f"no transform from {len(pairs)} matches"
+        result.reason = "no transform fits the matches"
     elif inliers < min_inliers or inliers < min_inlier_ratio * len(pairs):
-        result.reason = f"too little evidence: {inliers} of {len(pairs)} matches agree"
+        result.reason = f"too little evidence (at least {min_inliers} and {min_inlier_ratio:.0%} of the matches must agree)"
     elif not plausible(estimate.matrix):
         result.reason = "implausible transform (reflection, extreme scale or perspective)"
     else:
