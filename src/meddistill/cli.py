@@ -5,13 +5,16 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from .errors import MeddistillError
+
+if TYPE_CHECKING:
+    from .data import Preparation
 
 app = typer.Typer(
     help="Distil heavy medical-imaging networks into light students that run fast on a CPU.",
@@ -58,7 +61,7 @@ NativeScaleOpt = Annotated[
 ]
 
 
-def _input_preparation(meta: dict, native_scale: bool):
+def _input_preparation(meta: dict, native_scale: bool) -> Preparation:
     """How a segmenter's checkpoint wants photos prepared (a :class:`~meddistill.data.Preparation`)."""
     from .data import Preparation
 

@@ -8,7 +8,7 @@ segmenters and retinal keypoint networks alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -85,13 +85,14 @@ class SegmentationTask(Task):
 
     def build_data(self, data: DataConfig, seed: int) -> TaskData:
         from .builders import build_samples
-        from .data import PatchDataset, training_fov_diameter
+        from .data import PatchDataset, Preparation, training_fov_diameter
 
         train, validation = build_samples(data, seed)
         dataset = PatchDataset(
             train, data.patch_size, data.patches_per_image, augment=data.augment, seed=seed, clahe=self.clahe
         )
-        return TaskData(dataset, validation, {"fov_diameter_px": training_fov_diameter(train), "clahe": self.clahe})
+        # the checkpoint records how inference must prepare photos (read back by Preparation.from_meta)
+        return TaskData(dataset, validation, asdict(Preparation(training_fov_diameter(train), self.clahe)))
 
     def validate(self, model: nn.Module, validation: list, device: torch.device) -> dict[str, float]:
         from .data import Preparation
