@@ -212,6 +212,22 @@ def test_superpoint_objective_with_homographic_adaptation_labels(trained_keypoin
     assert result.exit_code == 2 and "needs a network with a 65-channel cell detector" in result.output
 
 
+def test_adaptation_and_detection_thresholds_are_task_args(trained_keypoints):
+    from meddistill.registration.task import KeypointTask, ValidationPair
+    from meddistill.zoo import load_model
+
+    network, _ = load_model(trained_keypoints / "best", task="retinal-keypoints")
+    dataset = KeypointPairDataset(phantom_samples(1, 256, seed=5), image_size=256, patch_size=128)
+    dataset.relabel(network, warps=1, threshold=0.0)
+    assert len(dataset.labels[0]) > 0
+    dataset.relabel(network, warps=1, threshold=1.01)  # above any heatmap value: no label survives
+    assert len(dataset.labels[0]) == 0
+    sample = phantom_samples(1, 256, seed=6)[0]
+    pair = ValidationPair("S01", sample.image, sample.image, np.array([[100.0, 100.0]]), np.array([[100.0, 100.0]]))
+    blind = KeypointTask(image_size=256, detection_threshold=1.01)
+    assert blind.validate(network, [pair], torch.device("cpu"))["failed"] == 1.0
+
+
 def test_glue_matcher_trains_on_a_frozen_detector_and_registers(trained_keypoints, tmp_path):
     path = _write_config(tmp_path, epochs=1)
     config = yaml.safe_load(path.read_text())

@@ -104,7 +104,7 @@ class KeypointPairDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def relabel(self, network: torch.nn.Module, warps: int, radius: int = 4, threshold: float = 0.015) -> None:
+    def relabel(self, network: torch.nn.Module, warps: int, threshold: float = 0.015, radius: int = 4) -> None:
         """Replace the junction labels by the peaks of each photo's homographic adaptation."""
         for k, image in enumerate(self.images):
             heatmap = torch.from_numpy(homographic_adaptation(network, image, warps, seed=k))
@@ -190,12 +190,18 @@ class KeypointTask(Task):
     ``objective: superpoint`` trains SuperPoint's way instead: cross-entropy over the 65
     classes of each 8×8 cell for both views, plus ``descriptor_weight`` (10⁻⁴) × the dense
     descriptor hinge loss. With ``adaptation_from`` (a keypoint checkpoint trained on the
-    junctions) the labels are the peaks of homographic adaptation over ``adaptation_warps``
-    random homographies of each training photo, SuperPoint's self-supervision.
+    junctions) the labels are the peaks above ``adaptation_threshold`` (SuperPoint's 0.015) of
+    homographic adaptation over ``adaptation_warps`` random homographies of each training
+    photo, SuperPoint's self-supervision.
+
+    Validation detects keypoints above ``detection_threshold`` (SuperRetina's 0.01). A
+    SuperPoint heatmap spreads each cell's probability over its 64 pixels, so a briefly
+    trained one peaks far lower than a SuperRetina heatmap and needs a lower threshold for both.
 
     Args: ``image_size`` (the registration scale, 768), ``margin`` (0.8), ``nms_radius`` (10),
     ``expansion_threshold`` (0.1), ``expansion_ratio`` (0.7), ``expansion_value`` (5),
-    ``max_keypoints`` per crop for the descriptor term (256); ``expansion: false`` disables PKE.
+    ``max_keypoints`` per crop for the descriptor term (256), ``detection_threshold`` (0.01);
+    ``expansion: false`` disables PKE.
     """
 
     name = "retinal-keypoints"
@@ -203,12 +209,14 @@ class KeypointTask(Task):
     def __init__(self, image_size: int = 768, objective: str = "superretina", margin: float = 0.8,
                  nms_radius: int = 10, expansion: bool = True, expansion_threshold: float = 0.1,
                  expansion_ratio: float = 0.7, expansion_value: int = 5, max_keypoints: int = 256,
-                 descriptor_weight: float = 1e-4, adaptation_from: str | None = None, adaptation_warps: int = 100) -> None:
+                 descriptor_weight: float = 1e-4, adaptation_from: str | None = None, adaptation_warps: int = 100,
+                 adaptation_threshold: float = 0.015, detection_threshold: float = 0.01) -> None:
         super().__init__()
         if objective not in ("superretina", "superpoint"):
             raise MeddistillError(f"unknown keypoint objective '{objective}'; choose superretina or superpoint")
         self.objective, self.descriptor_weight = objective, descriptor_weight
         self.adaptation_from, self.adaptation_warps = adaptation_from, adaptation_warps
+        self.adaptation_threshold, self.detection_threshold = adaptation_threshold, detection_threshold
         self.image_size, self.margin, self.nms_radius, self.max_keypoints = image_size, margin, nms_radius, max_keypoints
         self.expansion, self.expansion_threshold = expansion, expansion_threshold
         self.expansion_ratio, self.expansion_value = expansion_ratio, expansion_value
@@ -309,11 +317,13 @@ class KeypointTask(Task):
         if self.adaptation_from is not None:
             from ..zoo import load_model
 
-            task_data.dataset.relabel(load_model(self.adaptation_from, task=self.name)[0], self.adaptation_warps)
+            network = load_model(self.adaptation_from, task=self.name)[0]
+            task_data.dataset.relabel(network, self.adaptation_warps, self.adaptation_threshold)
         return task_data
 
     def validate(self, model, validation: list, device: torch.device) -> dict[str, float]:
-        return fire_validation(LearnedKeypoints(model, device=device), MutualNearest(), validation, self.image_size)
+        detector = LearnedKeypoints(model, threshold=self.detection_threshold, device=device)
+        return fire_validation(detector, MutualNearest(), validation, self.image_size)
 
 
 def pair_task_data(data: DataConfig, seed: int, image_size: int) -> TaskData:
