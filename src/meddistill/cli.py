@@ -345,7 +345,11 @@ def models() -> None:
     for name, meta in shipped.items():
         data = meta.get("config", {}).get("data", {})
         metrics = meta.get("metrics", {})
+        # a keypoint network's validation at the detection threshold it ships with, not training's
+        threshold = meta.get("detection_threshold")
+        metrics = meta.get("detection_threshold_validation", {}).get(str(threshold), metrics)
         summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("f1", "sensitivity", "auc", "mauc") if k in metrics)
+        summary += f" (threshold {threshold})" if threshold is not None else ""
         table.add_row(name, meta["model"], meta.get("method", "?"), data.get("dataset", "?"), summary)
     console.print(table if shipped else "no shipped models")
 
