@@ -100,11 +100,15 @@ def test_register_with_a_trained_keypoint_checkpoint(trained_keypoints, tmp_path
     assert verdict["status"] in ("ok", "failed") and verdict["method"] == "retina-student"
 
 
-def test_learned_method_errors_are_one_line(trained_keypoints, tmp_path):
+def test_learned_method_errors_are_one_line(trained_keypoints, tmp_path, monkeypatch):
+    import meddistill.zoo
+
     photo = phantom_samples(1, 256, seed=9)[0].image
     Image.fromarray(photo).save(tmp_path / "a.png")
     pair = [str(tmp_path / "a.png"), str(tmp_path / "a.png")]
-    result = runner.invoke(app, ["register", *pair, "--method", "superretina-lk"])
+    with monkeypatch.context() as patch:  # an installation whose weights folder lacks the method's file
+        patch.setattr(meddistill.zoo, "WEIGHTS_DIR", tmp_path / "no-weights")
+        result = runner.invoke(app, ["register", *pair, "--method", "superretina-lk"])
     assert result.exit_code == 2 and "no weights for method 'superretina-lk'" in result.output
     result = runner.invoke(app, ["register", *pair, "--method", "sift", "--weights", "x"])
     assert result.exit_code == 2 and "--weights is for learned methods" in result.output
