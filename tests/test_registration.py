@@ -122,7 +122,7 @@ def test_sift_recovers_a_known_affine_and_refuses_a_blank(photo):
         register_images(photo, photo[..., 0])
 
 
-@pytest.mark.parametrize("method", ["retina-student", "superretina", "superretina-lk", "superretina-swin"])
+@pytest.mark.parametrize("method", ["retina-student", "superpoint", "superretina", "superretina-lk", "superretina-swin"])
 def test_shipped_keypoint_networks_recover_a_known_affine(photo, method):
     assert _registration_error(photo, method, 768) < 2.0  # px at 384², from keypoints found at 768²
 
