@@ -1,5 +1,6 @@
 """How strongly each GKD term pulls on the student: gradient norms of the task loss and of every
-graph term (unweighted) on one training batch of a finished GKD run.
+graph term (unweighted) on one training batch of a finished GKD run; and how well each
+alignment network maps its network's bottleneck onto the autoencoder's label latent.
 
     python scripts/gkd_gradient_scale.py runs/drive-mobilenetv2_unet-gkd
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from meddistill.config import load_config
 from meddistill.distill import losses
+from meddistill.distill.gkd import one_hot_labels
 from meddistill.distill.views import make_views
 from meddistill.engine import Trainer
 from meddistill.models.blocks import pad_to_multiple
@@ -46,7 +48,14 @@ def main(run: str) -> None:
     logits = gkd.student.decode([f.unflatten(0, (size, -1))[:, 0] for f in features])
     task = gkd.task.loss(logits[(..., *crop)], batch)
     print(f"task loss {task.item():.3g}, gradient norm {gradient_norm(task, params):.3g}")
-    print(f"teacher-student latent cosine (anchor views): {F.cosine_similarity(student[:, 0], teacher[:, 0], dim=-1).mean():.3f}")
+    cosine = lambda a, b: F.cosine_similarity(a, b, dim=-1).mean().item()  # noqa: E731
+    print(f"teacher-student latent cosine (anchor views): {cosine(student[:, 0], teacher[:, 0]):.3f}")
+    with torch.no_grad():
+        labels, _ = pad_to_multiple(one_hot_labels(batch["label"], gkd.num_classes), gkd.stride)
+        label_latent = gkd.autoencoder.encode(labels)
+    print(f"cosine to the label latent: teacher {cosine(teacher[:, 0], label_latent):.3f}, "
+          f"student {cosine(student[:, 0], label_latent):.3f}; "
+          f"between two images' label latents {cosine(label_latent, label_latent.roll(1, 0)):.3f}")
     s_nodes, s_edges = losses.intra_coupling_graph(student)
     t_nodes, t_edges = losses.intra_coupling_graph(teacher)
     si_nodes, si_edges = losses.inter_coupling_graph(student)
