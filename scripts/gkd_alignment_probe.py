@@ -1,0 +1,74 @@
+"""Can an alignment network reach the label latent from a given student feature? Trains a fresh
+alignment network (Eq. 4: feature reconstruction + λ·L1 to the autoencoder's label latent) on
+one encoder level of a GKD run's starting student (or of its teacher, the control), then reports the cosine of its latents to the label
+latents, averaged over the run's validation patches.
+
+    python scripts/gkd_alignment_probe.py runs/drive-clahe-mobilenetv2_unet-gkd --level -1   # the bottleneck GKD uses
+    python scripts/gkd_alignment_probe.py runs/drive-clahe-mobilenetv2_unet-gkd --level -2   # one stage earlier
+    python scripts/gkd_alignment_probe.py runs/drive-clahe-mobilenetv2_unet-gkd --network teacher   # control
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from meddistill.config import load_config
+from meddistill.data import PatchDataset
+from meddistill.distill.gkd import AlignmentNetwork, one_hot_labels
+from meddistill.engine import Trainer
+from meddistill.models.blocks import pad_to_multiple
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run")
+    parser.add_argument("--level", type=int, default=-1, help="index into the student's encoder features")
+    parser.add_argument("--network", choices=["student", "teacher"], default="student")
+    parser.add_argument("--epochs", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    trainer = Trainer(load_config(f"{args.run}/config.yaml"), progress=False)
+    gkd = trainer.distiller
+    gkd.autoencoder.load_state_dict(load_file(f"{args.run}/stage-autoencoder.safetensors"))
+    gkd.eval()
+    network = gkd.student if args.network == "student" else gkd.teacher
+
+    def features_and_targets(batch):
+        padded, _ = pad_to_multiple(batch["image"], gkd.stride)
+        labels, _ = pad_to_multiple(one_hot_labels(batch["label"], gkd.num_classes), gkd.stride)
+        with torch.no_grad():
+            return network.encode(padded)[args.level], gkd.autoencoder.encode(labels)
+
+    feature, _ = features_and_targets(next(iter(trainer.loader)))
+    header = AlignmentNetwork(feature.shape[1], gkd.autoencoder.encoder.linear.out_features, feature.dim() - 2)
+    optimizer = torch.optim.Adam(header.parameters(), lr=trainer.config.train.optimizer.lr)
+    print(f"{args.network} level {args.level}: feature {tuple(feature.shape[1:])}")
+    for epoch in range(args.epochs):
+        total = 0.0
+        for batch in trainer.loader:
+            feature, label_latent = features_and_targets(batch)
+            latent = header.encode(feature)
+            loss = (header.decode(latent, tuple(feature.shape[2:])) - feature).abs().mean()
+            loss = loss + gkd.regularization_weight * (latent - label_latent).abs().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        print(f"epoch {epoch}: loss {total / len(trainer.loader):.4f}")
+
+    data = trainer.config.data
+    validation = PatchDataset(trainer.val_samples, data.patch_size, 16, augment=False, seed=1, clahe=gkd.task.clahe)
+    loader = torch.utils.data.DataLoader(validation, batch_size=trainer.config.train.batch_size)
+    cosines = []
+    with torch.no_grad():
+        for batch in loader:
+            feature, label_latent = features_and_targets(batch)
+            cosines.append(F.cosine_similarity(header.encode(feature), label_latent, dim=-1))
+    print(f"{args.network} level {args.level}: cosine of the alignment latents to label latents on validation patches {torch.cat(cosines).mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
