@@ -24,7 +24,7 @@ from meddistill.models.blocks import pad_to_multiple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
-    parser.add_argument("--level", type=int, default=-1, help="index into the student's encoder features")
+    parser.add_argument("--level", type=int, default=-1, help="index into the network's encoder features")
     parser.add_argument("--network", choices=["student", "teacher"], default="student")
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
@@ -48,6 +48,7 @@ def main() -> None:
     print(f"{args.network} level {args.level}: feature {tuple(feature.shape[1:])}")
     for epoch in range(args.epochs):
         total = 0.0
+        trainer.dataset.set_epoch(epoch)  # fresh patches every epoch, as in training
         for batch in trainer.loader:
             feature, label_latent = features_and_targets(batch)
             latent = header.encode(feature)
