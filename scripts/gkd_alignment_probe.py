@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from meddistill.config import load_config
 from meddistill.data import PatchDataset
-from meddistill.distill.gkd import AlignmentNetwork, one_hot_labels
+from meddistill.distill.gkd import AlignmentNetwork, alignment_losses, one_hot_labels
 from meddistill.engine import Trainer
 from meddistill.models.blocks import pad_to_multiple
 
@@ -51,9 +51,8 @@ def main() -> None:
         trainer.dataset.set_epoch(epoch)  # fresh patches every epoch, as in training
         for batch in trainer.loader:
             feature, label_latent = features_and_targets(batch)
-            latent = header.encode(feature)
-            loss = (header.decode(latent, tuple(feature.shape[2:])) - feature).abs().mean()
-            loss = loss + gkd.regularization_weight * (latent - label_latent).abs().mean()
+            reconstruction, regularization = alignment_losses(header, feature, label_latent)
+            loss = reconstruction + gkd.regularization_weight * regularization
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -15,7 +15,7 @@ from conftest import tiny_config_dict
 from meddistill.checkpoint import save_model
 from meddistill.cli import app
 from meddistill.config import config_from_dict
-from meddistill.distill import AlignmentNetwork, SemanticAutoencoder, inter_graph_loss, intra_graph_loss
+from meddistill.distill import AlignmentNetwork, SemanticAutoencoder, alignment_losses, inter_graph_loss, intra_graph_loss
 from meddistill.distill.views import gaussian_blur, gaussian_noise, make_views, random_cutout, sobel_magnitude
 from meddistill.engine import Trainer, train
 from meddistill.errors import MeddistillError
@@ -90,6 +90,24 @@ def test_autoencoder_and_alignment_shapes(spatial_dims, size):
     assert back.shape == feature.shape
     back.abs().mean().backward()
     assert feature.grad is not None
+
+
+class _MeanHeader:
+    """Encodes a feature map as its per-channel mean; decodes by broadcasting it back."""
+
+    def encode(self, feature):
+        return feature.mean(dim=(2, 3))
+
+    def decode(self, latent, size):
+        return latent[:, :, None, None].expand(-1, -1, *size)
+
+
+def test_alignment_losses_by_hand():
+    # one image, two channels on a 1 x 2 grid: channel means 2 and 0
+    feature = torch.tensor([[[[1.0, 3.0]], [[0.0, 0.0]]]])
+    reconstruction, regularization = alignment_losses(_MeanHeader(), feature, torch.tensor([[1.0, 1.0]]))
+    assert reconstruction.item() == pytest.approx(0.5)  # |1-2|, |3-2|, 0, 0 → mean 0.5
+    assert regularization.item() == pytest.approx(1.0)  # |2-1|, |0-1| → mean 1
 
 
 def _gkd_values(tmp_path, name="gkd", **args):

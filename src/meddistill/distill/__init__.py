@@ -20,7 +20,7 @@ from .losses import (
     kd_loss,
 )
 from .methods import METHODS, Distiller, PreStage, build_distiller
-from .gkd import AlignmentNetwork, GKDDistiller, SemanticAutoencoder  # registers "gkd"
+from .gkd import AlignmentNetwork, GKDDistiller, SemanticAutoencoder, alignment_losses  # registers "gkd"
 from .structured import CoCoDistiller, CWDDistiller, HolisticCritic, IFVDDistiller, SKDDistiller
 from .keypoint_kd import KeypointDistiller  # registers "keypoint_kd"
 
@@ -38,6 +38,7 @@ __all__ = [
     "PreStage",
     "SKDDistiller",
     "SemanticAutoencoder",
+    "alignment_losses",
     "at_loss",
     "attention_map",
     "class_variation_map",

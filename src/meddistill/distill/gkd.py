@@ -126,6 +126,13 @@ class AlignmentNetwork(nn.Module):
         return self.decoder(latent, size)
 
 
+def alignment_losses(header: AlignmentNetwork, feature: Tensor, label_latent: Tensor) -> tuple[Tensor, Tensor]:
+    """Eqs. 2-3 for one alignment network: feature reconstruction L1 and L1 to the label latent (unweighted)."""
+    latent = header.encode(feature)
+    reconstruction = (header.decode(latent, tuple(feature.shape[2:])) - feature).abs().mean()
+    return reconstruction, (latent - label_latent).abs().mean()
+
+
 def one_hot_labels(labels: Tensor, num_classes: int) -> Tensor:
     """``(B, *S)`` integer labels → ``(B, K, *S)`` float one-hot."""
     return F.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
@@ -244,10 +251,9 @@ class GKDDistiller(Distiller):
             features = {"teacher": self._bottleneck(self.teacher, padded), "student": self._bottleneck(self.student, padded)}
         losses = {}
         for role, header in (("teacher", self.teacher_alignment), ("student", self.student_alignment)):
-            feature = features[role]
-            latent = header.encode(feature)
-            losses[f"{role}_reconstruction"] = (header.decode(latent, tuple(feature.shape[2:])) - feature).abs().mean()
-            losses[f"{role}_regularization"] = self.regularization_weight * (latent - label_latent).abs().mean()
+            reconstruction, regularization = alignment_losses(header, features[role], label_latent)
+            losses[f"{role}_reconstruction"] = reconstruction
+            losses[f"{role}_regularization"] = self.regularization_weight * regularization
         return losses
 
     def _distillation_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
