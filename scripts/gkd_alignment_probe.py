@@ -1,7 +1,7 @@
-"""Can an alignment network reach the label latent from a given student feature? Trains a fresh
+"""Can an alignment network reach the label latent from a given encoder level? Trains a fresh
 alignment network (Eq. 4: feature reconstruction + λ·L1 to the autoencoder's label latent) on
-one encoder level of a GKD run's starting student (or of its teacher, the control), then reports the cosine of its latents to the label
-latents, averaged over the run's validation patches.
+one encoder level of a GKD run's starting student (or of its teacher, the control), then
+reports the cosine of its latents to the label latents on patches of the run's validation photos.
 
     python scripts/gkd_alignment_probe.py runs/drive-clahe-mobilenetv2_unet-gkd --level -1   # the bottleneck GKD uses
     python scripts/gkd_alignment_probe.py runs/drive-clahe-mobilenetv2_unet-gkd --level -2   # one stage earlier
@@ -12,13 +12,14 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 
 from meddistill.config import load_config
 from meddistill.data import PatchDataset
 from meddistill.distill.gkd import AlignmentNetwork, alignment_losses, one_hot_labels
-from meddistill.engine import Trainer
+from meddistill.fsd import load_gkd_alignment
 from meddistill.models.blocks import pad_to_multiple
+from meddistill.tasks import build_task
 
 
 def main() -> None:
@@ -30,10 +31,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    trainer = Trainer(load_config(f"{args.run}/config.yaml"), progress=False)
-    gkd = trainer.distiller
-    gkd.autoencoder.load_state_dict(load_file(f"{args.run}/stage-autoencoder.safetensors"))
-    gkd.eval()
+    config = load_config(f"{args.run}/config.yaml")
+    task = build_task(config)
+    data = task.build_data(config.data, config.seed)
+    loader = DataLoader(data.dataset, config.train.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
+    gkd, _ = load_gkd_alignment(args.run)  # the run's autoencoder; its own alignment networks go unused
     network = gkd.student if args.network == "student" else gkd.teacher
 
     def features_and_targets(batch):
@@ -42,14 +44,14 @@ def main() -> None:
         with torch.no_grad():
             return network.encode(padded)[args.level], gkd.autoencoder.encode(labels)
 
-    feature, _ = features_and_targets(next(iter(trainer.loader)))
+    feature, _ = features_and_targets(next(iter(loader)))
     header = AlignmentNetwork(feature.shape[1], gkd.autoencoder.encoder.linear.out_features, feature.dim() - 2)
-    optimizer = torch.optim.Adam(header.parameters(), lr=trainer.config.train.optimizer.lr)
+    optimizer = torch.optim.Adam(header.parameters(), lr=config.train.optimizer.lr)
     print(f"{args.network} level {args.level}: feature {tuple(feature.shape[1:])}")
     for epoch in range(args.epochs):
         total = 0.0
-        trainer.dataset.set_epoch(epoch)  # fresh patches every epoch, as in training
-        for batch in trainer.loader:
+        data.dataset.set_epoch(epoch)  # fresh patches every epoch, as in training
+        for batch in loader:
             feature, label_latent = features_and_targets(batch)
             reconstruction, regularization = alignment_losses(header, feature, label_latent)
             loss = reconstruction + gkd.regularization_weight * regularization
@@ -57,14 +59,12 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             total += loss.item()
-        print(f"epoch {epoch}: loss {total / len(trainer.loader):.4f}")
+        print(f"epoch {epoch}: loss {total / len(loader):.4f}")
 
-    data = trainer.config.data
-    validation = PatchDataset(trainer.val_samples, data.patch_size, 16, augment=False, seed=1, clahe=gkd.task.clahe)
-    loader = torch.utils.data.DataLoader(validation, batch_size=trainer.config.train.batch_size)
+    validation = PatchDataset(data.validation, config.data.patch_size, 16, augment=False, seed=1, clahe=task.clahe)
     cosines = []
     with torch.no_grad():
-        for batch in loader:
+        for batch in DataLoader(validation, config.train.batch_size):
             feature, label_latent = features_and_targets(batch)
             cosines.append(F.cosine_similarity(header.encode(feature), label_latent, dim=-1))
     print(f"{args.network} level {args.level}: cosine of the alignment latents to label latents on validation patches {torch.cat(cosines).mean():.3f}")
