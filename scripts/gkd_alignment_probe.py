@@ -3,7 +3,7 @@ alignment network (Eq. 4: feature reconstruction + λ·L1 to the autoencoder's l
 one encoder level of a GKD run's starting student (or of its teacher, the control), then
 reports the cosine of its latents to the label latents on patches of the run's validation photos.
 
-    python scripts/gkd_alignment_probe.py runs/drive-clahe-mobilenetv2_unet-gkd --level -1   # the bottleneck GKD uses
+    python scripts/gkd_alignment_probe.py runs/drive-clahe-mobilenetv2_unet-gkd --level -1   # the bottleneck (GKD's default student_level)
     python scripts/gkd_alignment_probe.py runs/drive-clahe-mobilenetv2_unet-gkd --level -2   # one stage earlier
     python scripts/gkd_alignment_probe.py runs/drive-clahe-mobilenetv2_unet-gkd --network teacher   # control
 """

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict
+from meddistill.builders import phantom_samples
 from meddistill.checkpoint import save_model
 from meddistill.cli import app
 from meddistill.config import config_from_dict
@@ -144,6 +145,22 @@ def test_gkd_runs_its_three_phases_and_saves_a_plain_student(tmp_path):
     assert patch == 32 and all(torch.equal(saved[k], v) for k, v in gkd.autoencoder.state_dict().items())
 
 
+def test_gkd_aligns_a_chosen_student_level(tmp_path):
+    values = _gkd_values(tmp_path, student_level=-3)
+    values["train"]["epochs"] = 1
+    run = train(config_from_dict(values), progress=False).run_dir
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert all(float(rows[0][f"train_{term}"]) > 0 for term in ("task", "intra", "inter", "cross"))
+    gkd, patch = load_gkd_alignment(run)
+    level_channels = gkd.student.encode(torch.zeros(1, 3, patch, patch))[-3].shape[1]
+    assert gkd.student_level == -3 and gkd.student_alignment.encoder.convs[0].conv.in_channels == level_channels == 64
+    samples = phantom_samples(2, 96, seed=5)
+    fsd = frechet_semantic_distance(gkd.student, gkd.student_alignment, gkd.autoencoder, samples, patch, level=-3)
+    assert np.isfinite(fsd)
+    with pytest.raises(MeddistillError, match="student_level -5 is out of range: the student's encoder has 4 levels"):
+        Trainer(config_from_dict(_gkd_values(tmp_path, student_level=-5)), progress=False)
+
+
 def test_gkd_ablation_weights_drop_terms(tmp_path):
     values = _gkd_values(tmp_path, inter_weight=0, cross_weight=0)
     values["train"]["epochs"] = 1
@@ -192,8 +209,6 @@ def test_frechet_distance_by_hand():
 
 
 def test_fsd_of_a_gkd_run_via_api_and_cli(tmp_path):
-    from meddistill.builders import phantom_samples
-
     run = train(config_from_dict(_gkd_values(tmp_path)), progress=False).run_dir
     gkd, patch = load_gkd_alignment(run)
     samples = phantom_samples(3, 96, seed=5)

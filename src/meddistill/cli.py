@@ -312,12 +312,13 @@ def evaluate_fsd(
     samples = load_dataset(dataset, root)
     distilled, meta = load_model(run / "best")
     preparation = _input_preparation(meta, native_scale)
-    scored = {"teacher": (gkd.teacher, gkd.teacher_alignment), "student (start)": (gkd.student, gkd.student_alignment),
-              "student (distilled)": (distilled, gkd.student_alignment)}
-    scored.update({name: (load_model(name, expect=meta["model"])[0], gkd.student_alignment) for name in model or []})
+    students = {"student (start)": gkd.student, "student (distilled)": distilled}
+    students.update({name: load_model(name, expect=meta["model"])[0] for name in model or []})
+    scored = {"teacher": (gkd.teacher, gkd.teacher_alignment, -1)}
+    scored.update({name: (net, gkd.student_alignment, gkd.student_level) for name, net in students.items()})
     results = {
-        name: frechet_semantic_distance(net, header, gkd.autoencoder, samples, patch_size, preparation)
-        for name, (net, header) in scored.items()
+        name: frechet_semantic_distance(net, header, gkd.autoencoder, samples, patch_size, preparation, level=level)
+        for name, (net, header, level) in scored.items()
     }
     table = Table(title=f"FSD on {dataset} at {root} ({len(samples)} images), lower is better")
     table.add_column("network")

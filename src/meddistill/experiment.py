@@ -289,7 +289,9 @@ def _fsd(
     gkd, patch = load_gkd_alignment(run.run_dir)
 
     def score(net: Any, samples: list[VesselSample]) -> float:
-        return frechet_semantic_distance(net, gkd.student_alignment, gkd.autoencoder, samples, patch, preparation)
+        return frechet_semantic_distance(
+            net, gkd.student_alignment, gkd.autoencoder, samples, patch, preparation, level=gkd.student_level
+        )
 
     return {name: {"distilled": score(student, s), "start": score(gkd.student, s)} for name, s in datasets.items()}
 

@@ -57,15 +57,17 @@ def semantic_latents(
     preparation: Preparation = Preparation(),
     num_classes: int = 2,
     batch_size: int = 16,
+    level: int = -1,
 ) -> tuple[Tensor, Tensor]:
-    """Aligned latents of ``network``'s bottleneck and autoencoder latents of the labels, ``(N, C)`` each."""
+    """Aligned latents of ``network``'s encoder feature ``level`` (the bottleneck by default) and
+    autoencoder latents of the labels, ``(N, C)`` each."""
     network_latents, label_latents = [], []
     for sample in samples:
         images, labels = _tiles(sample, patch_size, preparation)
         for start in range(0, len(images), batch_size):
             image, label = images[start : start + batch_size], labels[start : start + batch_size]
             padded, _ = pad_to_multiple(image, network.stride)
-            network_latents.append(header.encode(network.encode(padded)[-1]))
+            network_latents.append(header.encode(network.encode(padded)[level]))
             padded_labels, _ = pad_to_multiple(one_hot_labels(label, num_classes), network.stride)
             label_latents.append(autoencoder.encode(padded_labels))
     if not network_latents:
@@ -88,10 +90,11 @@ def frechet_semantic_distance(
     samples: Sequence[VesselSample],
     patch_size: int,
     preparation: Preparation = Preparation(),
+    level: int = -1,
 ) -> float:
-    """FSD of ``network`` (through its alignment ``header``) on ``samples``."""
+    """FSD of ``network`` (through its alignment ``header`` on encoder feature ``level``) on ``samples``."""
     network.eval()
-    latents = semantic_latents(network, header, autoencoder, samples, patch_size, preparation)
+    latents = semantic_latents(network, header, autoencoder, samples, patch_size, preparation, level=level)
     return frechet_distance(*latents)
 
 
