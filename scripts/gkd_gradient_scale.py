@@ -1,6 +1,7 @@
 """How strongly each GKD term pulls on the student: gradient norms of the task loss and of every
 graph term (unweighted) on one training batch of a finished GKD run; and how well each
-alignment network maps its network's bottleneck onto the autoencoder's label latent.
+alignment network maps the feature it reads (the bottleneck, or the student's
+``student_level``) onto the autoencoder's label latent.
 
     python scripts/gkd_gradient_scale.py runs/drive-mobilenetv2_unet-gkd
 
@@ -43,7 +44,7 @@ def main(run: str) -> None:
     features = gkd.student.encode(inputs)
     with torch.no_grad():
         teacher = gkd.teacher_alignment.encode(gkd.teacher.encode(inputs)[-1]).unflatten(0, (size, -1))
-    student = gkd.student_alignment.encode(features[-1]).unflatten(0, (size, -1))
+    student = gkd.student_alignment.encode(features[gkd.student_level]).unflatten(0, (size, -1))
     params = list(gkd.student.parameters())
     logits = gkd.student.decode([f.unflatten(0, (size, -1))[:, 0] for f in features])
     task = gkd.task.loss(logits[(..., *crop)], batch)
