@@ -59,8 +59,8 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
         assert float(r["F1 GAP unseen"]) == pytest.approx(float(r[f"F1 {source}"]) - float(r["F1 unseen"]), abs=2e-4)
     by_label = {r["model / method"]: r for r in rows}
     # FSD: the GKD student, and the scratch student it started from, through the GKD run's SAN
-    assert by_label["enet / gkd"]["FSD unseen"] and by_label["enet / none"]["FSD unseen"]
-    assert not by_label["enet / kd"]["FSD unseen"]
+    assert by_label["enet / gkd"]["FSD unseen"] and by_label["enet / gkd"]["FSD start unseen"]
+    assert not by_label["enet / kd"]["FSD unseen"] and not by_label["enet / none"]["FSD start unseen"]
     assert (out / "results.md").read_text().count("\n| ") >= 4
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["phantom__held_out_.jpg", "unseen.jpg"]
     # a second call finds every run done and every metric cached

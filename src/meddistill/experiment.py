@@ -304,13 +304,9 @@ def _table_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[lis
     header = ["model / method"]
     for short in METRICS.values():
         header += [f"{short} {n}" for n in names] + [f"{short} GAP {t}" for t in targets]
-    header += [f"FSD {n}" for n in names] + ["params (M)", "GFLOPs", "CPU ms"]
-    # A scratch student's FSD is measured through the SAN of the GKD run that started from it.
-    start_fsd = {}
-    for label, result in results.items():
-        if "fsd" in result:
-            scratch = label.split(" / ")[0] + " / none"
-            start_fsd.setdefault(scratch, {n: v["start"] for n, v in result["fsd"].items()})
+    # FSD is only comparable through one alignment network: each GKD row gives its distilled
+    # student's and, through the same SAN, the scratch student's it started from.
+    header += [f"FSD {n}" for n in names] + [f"FSD start {n}" for n in names] + ["params (M)", "GFLOPs", "CPU ms"]
     rows = []
     for label, result in results.items():
         m = result["metrics"]
@@ -318,8 +314,8 @@ def _table_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[lis
         for metric in METRICS:
             row += [f"{m[n][metric]:.4f}" for n in names]
             row += [f"{m[source][metric] - m[t][metric]:.4f}" for t in targets]
-        fsd = {n: v["distilled"] for n, v in result["fsd"].items()} if "fsd" in result else start_fsd.get(label, {})
-        row += [f"{fsd[n]:.2f}" if n in fsd else "" for n in names]
+        fsd = result.get("fsd", {})
+        row += [f"{fsd[n][when]:.2f}" if n in fsd else "" for when in ("distilled", "start") for n in names]
         cost = result.get("cost")
         row += [f"{cost.params / 1e6:.3f}", f"{cost.gflops:.2f}", f"{cost.latency_ms:.0f}"] if cost else ["", "", ""]
         rows.append(row)
@@ -337,7 +333,8 @@ def write_table(results: dict[str, dict[str, Any]], out: Path, grid: GridConfig)
     lines = [
         f"Grid `{grid.name}`: every model is trained on the source's training split and tested on its held-out "
         "split and on each target dataset, rescaled to the training field-of-view diameter. GAP = source − target "
-        f"(lower is better). FSD: Fréchet Semantic Distance through the GKD run's alignment networks (lower is better). "
+        f"(lower is better). FSD: Fréchet Semantic Distance through the GKD run's alignment networks (lower is better); "
+        "FSD start: the scratch student that run started from, through the same networks. "
         f"Cost at 1×3×{grid.cost_size}×{grid.cost_size}, {grid.threads} CPU thread(s).",
         "",
         "| " + " | ".join(header) + " |",
