@@ -6,8 +6,9 @@ The three phases of the paper map onto one run of the engine:
    the teacher and the student were trained beforehand with the task loss alone
    (``teacher.weights`` and ``student.weights`` in the config point at them).
 2. ``alignment`` pre-stage: teacher and student alignment networks (TAN, SAN) map each frozen
-   network's bottleneck (or the student's ``student_level``) to a shared latent of size C and back; loss = feature reconstruction
-   L1 + λ·L1 to the autoencoder's latent of the label map (Eqs. 2-4).
+   network's bottleneck (or the student's ``student_level``) to a shared latent of size C and
+   back; loss = feature reconstruction L1 + λ·L1 to the autoencoder's latent of the label map
+   (Eqs. 2-4).
 3. distillation: the student learns with the task loss + α·intra-coupling + β·inter-coupling
    graph distillation over perturbed views (Eqs. 5-8) + γ·domain-invariant cross distillation
    by header exchange (Eq. 9). Autoencoder, TAN and SAN are frozen.
@@ -203,11 +204,12 @@ class GKDDistiller(Distiller):
         dims = example.dim() - 2
         with torch.no_grad():
             padded, _ = pad_to_multiple(example, self.stride)
-            levels = len(self._features(student, padded))
+            student_features = self._features(student, padded)
+            levels = len(student_features)
             if not -levels <= student_level < levels:
                 raise MeddistillError(f"student_level {student_level} is out of range: the student's encoder has {levels} levels")
             self.student_level = student_level
-            student_channels = self._features(student, padded)[student_level].shape[1]
+            student_channels = student_features[student_level].shape[1]
             teacher_channels = self._features(teacher, padded)[-1].shape[1]
             self.num_classes = teacher(example).shape[1]
         self.autoencoder = SemanticAutoencoder(self.num_classes, latent_dim, dims)
