@@ -75,6 +75,22 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
     assert CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"]).exit_code == 0
     again_rows = {r["model / method"]: r for r in csv.DictReader((out / "results.csv").open())}
     assert again_rows["enet / none"]["F1 unseen"] == by_label["enet / none"]["F1 unseen"]
+    # runs archived away keep their rows, FSD included, from out/metrics.json and out/runs.json
+    runs = tmp_path / "runs"
+    for name in ("g-enet-kd", "g-enet-gkd"):
+        (runs / name).rename(tmp_path / name)
+    archived = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"])
+    assert archived.exit_code == 0 and "enet / gkd: run folder absent, reported from" in archived.output
+    archived_rows = {r["model / method"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert archived_rows == again_rows
+    assert "figures left as they are: 2 row(s)" in archived.output  # not redrawn without those rows
+    # ... but not once the grid plans that run with other settings
+    spec = yaml.safe_load(grid.read_text())
+    spec["methods"]["kd"]["args"] = {"temperature": 2.0}
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    changed_kd = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"])
+    assert changed_kd.exit_code == 0 and "skipping enet / kd: run not finished" in changed_kd.output
+    assert "enet / kd" not in {r["model / method"] for r in csv.DictReader((out / "results.csv").open())}
     # a finished run trained with other settings is never silently reused
     student = yaml.safe_load((tmp_path / "student.yaml").read_text())
     student["train"]["epochs"] = 2

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .builders import build_samples
-from .config import ExperimentConfig, build_dataclass, config_to_dict, load_config, read_yaml
+from .config import ExperimentConfig, build_dataclass, config_from_dict, config_to_dict, load_config, read_yaml
 from .cost import measure_cost
 from .data import Preparation, VesselSample, load_dataset, training_fov_diameter
 from .distill import METHODS, GKDDistiller
@@ -34,7 +34,7 @@ from .errors import MeddistillError
 from .fsd import frechet_semantic_distance, load_gkd_alignment
 from .inference import evaluate_samples, predict_probability
 from .report import overlay, plot_panels
-from .zoo import load_model
+from .zoo import build_network, load_model
 
 METRICS = {"sensitivity": "Se", "accuracy": "Acc", "auc": "AUC", "f1": "F1", "miou": "mIoU"}
 
@@ -163,16 +163,21 @@ def _differences(saved: Any, planned: Any, where: str = "") -> list[str]:
 _RUNTIME_KEYS = ("train.threads", "data.num_workers")
 
 
+def _config_differences(saved: dict[str, Any], run: Run) -> list[str]:
+    """How a saved run config differs from the one this grid plans, runtime keys aside."""
+    return [
+        d
+        for d in _differences(saved, config_to_dict(run.config))
+        if not d.startswith(tuple(f"{key}:" for key in _RUNTIME_KEYS))
+    ]
+
+
 def check_run_config(run: Run) -> None:
     """A run folder that exists must hold this grid's run, not one trained with other settings."""
     saved = run.run_dir / "config.yaml"
     if not saved.is_file():
         return
-    differences = [
-        d
-        for d in _differences(config_to_dict(load_config(saved)), config_to_dict(run.config))
-        if not d.startswith(tuple(f"{key}:" for key in _RUNTIME_KEYS))
-    ]
+    differences = _config_differences(config_to_dict(load_config(saved)), run)
     if differences:
         raise MeddistillError(
             f"{run.run_dir} holds a run with other settings ({differences[0]}); "
@@ -225,6 +230,19 @@ def load_grid_datasets(grid: GridConfig, source: ExperimentConfig) -> dict[str, 
     return datasets
 
 
+def _cached_row(run: Run, cache: dict[str, Any], recorded: dict[str, Any], datasets: list[str]) -> str | None:
+    """The cache key of a row evaluated before whose run folder is gone, if it is still this grid's run."""
+    keys = [k for k in cache if k.startswith(f"{run.run_dir}@") and all(n in cache[k] for n in datasets)]
+    if len(keys) != 1 or keys[0] not in recorded:
+        return None
+    saved = config_to_dict(config_from_dict(recorded[keys[0]]["config"]))  # defaults added since are filled in
+    return None if _config_differences(saved, run) else keys[0]
+
+
+def _is_gkd(run: Run) -> bool:
+    return METHODS.get(run.variant.method) is GKDDistiller
+
+
 def evaluate_runs(
     grid: GridConfig,
     teacher: Run,
@@ -233,16 +251,34 @@ def evaluate_runs(
     out: Path,
     with_cost: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per dataset (cached in ``out/metrics.json``), FSD of GKD runs, and cost.
+    """Metrics per dataset, FSD of GKD runs, and cost.
 
-    Each result holds the loaded best checkpoint as ``net``, for the figures.
+    Metrics are cached in ``out/metrics.json``; ``out/runs.json`` records, per evaluated
+    checkpoint, the run's config and its FSD. A run whose folder is gone (archived, or trained
+    on another machine) is reported from these records as long as the grid still plans the same
+    config, with ``net`` None (the figures then stay as they are). Each other result holds its
+    best checkpoint as ``net``.
     """
-    cache_path = out / "metrics.json"
+    cache_path, recorded_path = out / "metrics.json", out / "runs.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else {}
+
+    def save() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        cache_path.write_text(json.dumps(cache, indent=2))
+        recorded_path.write_text(json.dumps(recorded, indent=2))
+
     results: dict[str, dict[str, Any]] = {}
     diameters: dict[str, float] = {}
     for run in [teacher, *students]:
-        if run_state(run.run_dir, run.config.train.epochs) != "done":
+        state = run_state(run.run_dir, run.config.train.epochs)
+        if state == "missing" and (key := _cached_row(run, cache, recorded, list(datasets))):
+            print(f"{run.label}: run folder absent, reported from {cache_path}", flush=True)
+            results[run.label] = {"run": run, "net": None, "metrics": cache[key]}
+            if _is_gkd(run):
+                results[run.label]["fsd"] = recorded[key].get("fsd", {})
+            continue
+        if state != "done":
             print(f"skipping {run.label}: run not finished", flush=True)
             continue
         check_run_config(run)
@@ -251,25 +287,30 @@ def evaluate_runs(
         if preparation.fov_diameter_px is None:
             preparation = replace(preparation, fov_diameter_px=_training_diameter(run.config, diameters))
         key = f"{run.run_dir}@{meta['epoch']}@{preparation.fov_diameter_px:.1f}px"
-        entry = cache.get(key, {})
+        entry = cache.setdefault(key, {})
+        record = recorded.setdefault(key, {})
+        record["config"] = config_to_dict(run.config)
         for name, samples in datasets.items():
             if name not in entry:
                 entry[name] = evaluate_samples(net, samples, "cpu", preparation)
-                cache[key] = entry
-                out.mkdir(parents=True, exist_ok=True)
-                cache_path.write_text(json.dumps(cache, indent=2))
+                save()
                 print(run.label, name, json.dumps(entry[name]), flush=True)
         results[run.label] = {"run": run, "net": net, "metrics": entry, "preparation": preparation}
-        if METHODS.get(run.variant.method) is GKDDistiller:
-            results[run.label]["fsd"] = _fsd(run, net, datasets, preparation)
+        if _is_gkd(run):
+            if any(name not in record.get("fsd", {}) for name in datasets):
+                record["fsd"] = _fsd(run, net, datasets, preparation)
+            results[run.label]["fsd"] = record["fsd"]
+        save()
     if with_cost:
         costs: dict[str, Any] = {}
         for result in results.values():
             run = result["run"]
             architecture = json.dumps([run.config.student.name, run.config.student.args])
             if architecture not in costs:
+                # latency and FLOPs do not depend on the weights: a folder-less row is timed untrained
+                net = result["net"] or build_network(run.config.student.name, run.config.student.args)
                 shape = (1, 3, grid.cost_size, grid.cost_size)
-                costs[architecture] = measure_cost(result["net"], shape, threads=grid.threads, repeats=10)
+                costs[architecture] = measure_cost(net, shape, threads=grid.threads, repeats=10)
             result["cost"] = costs[architecture]
     return results
 
@@ -376,5 +417,9 @@ def run_grid(path: str | Path, train: bool = True, with_cost: bool = True) -> st
     if not results:
         raise MeddistillError("no finished runs to report yet")
     markdown = write_table(results, out, grid)
-    write_figures(results, datasets, out)
+    absent = [label for label, result in results.items() if result["net"] is None]
+    if absent:  # a figure without those rows would replace one that has them
+        print(f"figures left as they are: {len(absent)} row(s) have no run folder here", flush=True)
+    else:
+        write_figures(results, datasets, out)
     return markdown
