@@ -5,8 +5,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict
@@ -75,6 +77,15 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
     assert CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"]).exit_code == 0
     again_rows = {r["model / method"]: r for r in csv.DictReader((out / "results.csv").open())}
     assert again_rows["enet / none"]["F1 unseen"] == by_label["enet / none"]["F1 unseen"]
+    # weights trained again to the same best epoch are evaluated again, never read from the cache
+    weights = tmp_path / "runs" / "g-enet-kd" / "best.safetensors"
+    original = weights.read_bytes()
+    save_file({k: torch.zeros_like(v) for k, v in load_file(weights).items()}, weights)
+    retrained = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"])
+    assert retrained.exit_code == 0 and "enet / kd unseen" in retrained.output
+    assert sum(key.startswith(f"{tmp_path / 'runs' / 'g-enet-kd'}@") for key in json.loads((out / "metrics.json").read_text())) == 1
+    weights.write_bytes(original)
+    assert CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"]).exit_code == 0
     # runs archived away keep their rows, FSD included, from out/metrics.json and out/runs.json
     runs = tmp_path / "runs"
     for name in ("g-enet-kd", "g-enet-gkd"):

@@ -13,6 +13,7 @@ reproduced on its own.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import shlex
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .builders import build_samples
+from .checkpoint import checkpoint_paths
 from .config import ExperimentConfig, build_dataclass, config_from_dict, config_to_dict, load_config, read_yaml
 from .cost import measure_cost
 from .data import Preparation, VesselSample, load_dataset, training_fov_diameter
@@ -286,7 +288,12 @@ def evaluate_runs(
         preparation = Preparation.from_meta(meta)
         if preparation.fov_diameter_px is None:
             preparation = replace(preparation, fov_diameter_px=_training_diameter(run.config, diameters))
-        key = f"{run.run_dir}@{meta['epoch']}@{preparation.fov_diameter_px:.1f}px"
+        # the weights' digest: a run trained again to the same best epoch is evaluated again
+        digest = hashlib.sha256(checkpoint_paths(run.run_dir / "best")[0].read_bytes()).hexdigest()[:12]
+        key = f"{run.run_dir}@{meta['epoch']}@{preparation.fov_diameter_px:.1f}px@{digest}"
+        for stale in [k for k in cache if k.startswith(f"{run.run_dir}@") and k != key]:
+            del cache[stale]
+            recorded.pop(stale, None)
         entry = cache.setdefault(key, {})
         record = recorded.setdefault(key, {})
         record["config"] = config_to_dict(run.config)
