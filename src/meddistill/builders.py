@@ -19,7 +19,13 @@ def phantom_samples(count: int, size: int, seed: int) -> list[VesselSample]:
 
 
 def build_samples(data: DataConfig, seed: int) -> tuple[list[VesselSample], list[VesselSample]]:
-    """Training and validation samples (a deterministic split by image)."""
+    """Training and validation samples (a deterministic split by image).
+
+    ``data.split_seed``, when set, replaces ``seed`` here, so that runs with other seeds
+    (replicates) train and validate on the same images.
+    """
+    if data.split_seed is not None:
+        seed = data.split_seed
     if data.dataset == "phantom":
         samples = phantom_samples(data.phantom_count, data.phantom_size, seed)
     else:

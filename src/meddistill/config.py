@@ -36,6 +36,7 @@ class DataConfig:
     dataset: str = "phantom"  # phantom | drive | chase | stare | hrf | chaos | lits | folder | auto
     root: str | None = None
     val_fraction: float = 0.2
+    split_seed: int | None = None  # seed of the phantoms and the train/val split; None: the run's seed
     phantom_count: int = 12
     phantom_size: int = 256
     patch_size: int = 128
