@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from conftest import tiny_config_dict
 from meddistill.builders import phantom_samples
 from meddistill.cli import app
+from meddistill.experiment import load_grid, plan_runs
 
 
 def _write_folder_dataset(root, samples):
@@ -121,3 +122,32 @@ def test_grid_mistakes_are_one_line_errors(grid, tmp_path):
     grid.write_text(yaml.safe_dump(spec))
     result = CliRunner().invoke(app, ["experiment", str(grid)])
     assert result.exit_code == 2 and "unknown config key 'target' (did you mean 'targets'?)" in result.output
+
+
+def test_replicates_share_the_split_and_report_their_mean(grid, tmp_path):
+    spec = yaml.safe_load(grid.read_text())
+    spec["replicates"] = 2
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    _, runs = plan_runs(load_grid(grid))
+    by_label = {r.label: r for r in runs}
+    assert list(by_label)[:2] == ["enet / none", "enet / none (seed 1)"]
+    replicate = by_label["enet / gkd (seed 1)"].config
+    assert (replicate.name, replicate.seed, replicate.data.split_seed) == ("g-enet-gkd-seed1", 1, 0)
+    assert replicate.student.weights == str(tmp_path / "runs" / "g-enet-none-seed1" / "best")  # its own scratch start
+    assert by_label["enet / gkd"].config.data.split_seed is None  # the first replicate is the plain run
+
+    del spec["methods"]["gkd"]
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"])
+    assert result.exit_code == 0, result.output
+    rows = {r["model / method"]: r for r in csv.DictReader((tmp_path / "results" / "results.csv").open())}
+    assert list(rows) == ["teacher", "enet / none", "enet / none (seed 1)", "enet / none (mean of 2 seeds)",
+                          "enet / kd", "enet / kd (seed 1)", "enet / kd (mean of 2 seeds)"]
+    for row in ("none", "kd"):
+        seeds = [float(rows[f"enet / {row}{s}"]["F1 unseen"]) for s in ("", " (seed 1)")]
+        assert float(rows[f"enet / {row} (mean of 2 seeds)"]["F1 unseen"]) == pytest.approx(np.mean(seeds), abs=1e-4)
+    assert rows["enet / none"]["F1 unseen"] != rows["enet / none (seed 1)"]["F1 unseen"]  # the seed does change the run
+    spec["replicates"] = 0
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    zero = CliRunner().invoke(app, ["experiment", str(grid)])
+    assert zero.exit_code == 2 and "replicates must be at least 1, got 0" in zero.output

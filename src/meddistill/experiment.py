@@ -68,6 +68,7 @@ class GridConfig:
     methods: dict[str, VariantConfig] = field(default_factory=lambda: {"none": VariantConfig()})
     targets: dict[str, TargetConfig] = field(default_factory=dict)
     out: str = "results/grid"
+    replicates: int = 1  # runs per student × row; replicate k trains with seed + k on the same split
     jobs: int = 1  # training runs at a time
     threads: int = 1  # CPU threads for the latency column
     cost_size: int = 512  # square input size for params, GFLOPs and latency
@@ -81,6 +82,7 @@ class Run:
     command: list[str]
     config: ExperimentConfig
     variant: VariantConfig
+    replicate_of: str = ""  # the label its replicates share (the first replicate's label)
 
     @property
     def run_dir(self) -> Path:
@@ -113,8 +115,40 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
 
 
+def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: str, k: int, teacher_net: dict) -> Run:
+    """Replicate ``k`` of one student × row of the grid (``base``: the grid's student config)."""
+    seed = base.seed + k
+    suffix = f"-seed{seed}" if k else ""
+    variant = grid.methods[row]
+    overrides: dict[str, Any] = {
+        "name": f"{grid.name}-{student}-{_slug(row)}{suffix}",
+        "student.name": student,
+        "method.name": variant.method,
+        "method.args": variant.args,
+    }
+    if k:
+        overrides.update({"seed": seed, "data.split_seed": base.seed})
+    method = METHODS.get(variant.method)
+    if method.needs_teacher:
+        overrides.update(teacher_net)
+    if method.needs_trained_student:
+        scratch = Path(base.output) / f"{grid.name}-{student}-none{suffix}"
+        overrides["student.weights"] = str(scratch / "best")
+    config = load_config(grid.student, _assignments(overrides))
+    command = _cli("distill" if method.needs_teacher else "train", grid.student, overrides)
+    label = f"{student} / {row}"
+    return Run(label + (f" (seed {seed})" if k else ""), command, config, variant, replicate_of=label)
+
+
 def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
-    """The teacher run and the student runs; each student's block starts with its scratch row."""
+    """The teacher run and the student runs; each student's block starts with its scratch row.
+
+    Replicate k > 0 of a row is named ``...-seed<seed>``, trains with the student config's seed
+    + k and keeps the first replicate's train/val split; a method that starts from a trained
+    student starts from the scratch run of its own replicate.
+    """
+    if grid.replicates < 1:
+        raise MeddistillError(f"replicates must be at least 1, got {grid.replicates}")
     teacher_config = load_config(grid.teacher)
     teacher = Run("teacher", _cli("train", grid.teacher, {}), teacher_config, VariantConfig())
     teacher_net = {
@@ -122,27 +156,14 @@ def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
         "teacher.args": teacher_config.student.args,
         "teacher.weights": str(teacher_config.run_dir / "best"),
     }
-    students = []
-    output = Path(load_config(grid.student).output)
-    for student in grid.students:
-        scratch_dir = output / f"{grid.name}-{student}-none"
-        rows = ["none"] + [row for row in grid.methods if row != "none"]  # the scratch row leads each block
-        for row in rows:
-            variant = grid.methods[row]
-            overrides: dict[str, Any] = {
-                "name": f"{grid.name}-{student}-{_slug(row)}",
-                "student.name": student,
-                "method.name": variant.method,
-                "method.args": variant.args,
-            }
-            method = METHODS.get(variant.method)
-            if method.needs_teacher:
-                overrides.update(teacher_net)
-            if method.needs_trained_student:
-                overrides["student.weights"] = str(scratch_dir / "best")
-            config = load_config(grid.student, _assignments(overrides))
-            verb = "distill" if method.needs_teacher else "train"
-            students.append(Run(f"{student} / {row}", _cli(verb, grid.student, overrides), config, variant))
+    base = load_config(grid.student)
+    rows = ["none"] + [row for row in grid.methods if row != "none"]  # the scratch row leads each block
+    students = [
+        _student_run(grid, base, student, row, k, teacher_net)
+        for student in grid.students
+        for row in rows
+        for k in range(grid.replicates)
+    ]
     return teacher, students
 
 
@@ -344,6 +365,35 @@ def _fsd(
     return {name: {"distilled": score(student, s), "start": score(gkd.student, s)} for name, s in datasets.items()}
 
 
+def add_replicate_means(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The results with a ``<row> (mean of N seeds)`` row after each row with N ≥ 2 finished replicates."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for result in results.values():
+        groups.setdefault(result["run"].replicate_of or result["run"].label, []).append(result)
+    merged: dict[str, dict[str, Any]] = {}
+    for label, result in results.items():
+        merged[label] = result
+        group = groups[result["run"].replicate_of or label]
+        if len(group) < 2 or result is not group[-1]:
+            continue
+        names = list(group[0]["metrics"])
+        mean = {
+            "run": group[0]["run"],
+            "net": None,
+            "summary": True,
+            "metrics": {n: {m: float(np.mean([r["metrics"][n][m] for r in group])) for m in METRICS} for n in names},
+        }
+        if all("fsd" in r for r in group):
+            mean["fsd"] = {
+                n: {w: float(np.mean([r["fsd"][n][w] for r in group])) for w in ("distilled", "start")}
+                for n in group[0]["fsd"]
+            }
+        if "cost" in group[0]:
+            mean["cost"] = group[0]["cost"]
+        merged[f"{group[0]['run'].replicate_of} (mean of {len(group)} seeds)"] = mean
+    return merged
+
+
 def _table_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the grid table; the first dataset is the source."""
     first = next(iter(results.values()))["metrics"]
@@ -403,6 +453,8 @@ def write_figures(results: dict[str, dict[str, Any]], datasets: dict[str, list[V
         sample = samples[0]
         panels = {"image": sample.image, "truth": sample.vessels.astype(np.uint8) * 255}
         for label, result in results.items():
+            if result.get("summary"):
+                continue
             prob = predict_probability(result["net"], sample.image, sample.fov, preparation=result["preparation"])
             panels[label] = overlay(sample.image, prob >= 0.5, sample.vessels)
         path = figures / f"{''.join(c if c.isalnum() else '_' for c in name)}.jpg"  # photos: JPEG keeps the docs small
@@ -423,8 +475,9 @@ def run_grid(path: str | Path, train: bool = True, with_cost: bool = True) -> st
     results = evaluate_runs(grid, teacher, students, datasets, out, with_cost)
     if not results:
         raise MeddistillError("no finished runs to report yet")
+    results = add_replicate_means(results)
     markdown = write_table(results, out, grid)
-    absent = [label for label, result in results.items() if result["net"] is None]
+    absent = [label for label, result in results.items() if result["net"] is None and not result.get("summary")]
     if absent:  # a figure without those rows would replace one that has them
         print(f"figures left as they are: {len(absent)} row(s) have no run folder here", flush=True)
     else:
