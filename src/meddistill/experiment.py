@@ -366,7 +366,11 @@ def _fsd(
 
 
 def add_replicate_means(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The results with a ``<row> (mean of N seeds)`` row after each row with N ≥ 2 finished replicates."""
+    """The results with a ``<row> (mean of N seeds)`` row after each row with N ≥ 2 finished replicates.
+
+    The mean row has no FSD: each replicate's FSD is measured through its own alignment
+    networks, so FSDs of different runs do not average into a comparable number.
+    """
     groups: dict[str, list[dict[str, Any]]] = {}
     for result in results.values():
         groups.setdefault(result["run"].replicate_of or result["run"].label, []).append(result)
@@ -383,11 +387,6 @@ def add_replicate_means(results: dict[str, dict[str, Any]]) -> dict[str, dict[st
             "summary": True,
             "metrics": {n: {m: float(np.mean([r["metrics"][n][m] for r in group])) for m in METRICS} for n in names},
         }
-        if all("fsd" in r for r in group):
-            mean["fsd"] = {
-                n: {w: float(np.mean([r["fsd"][n][w] for r in group])) for w in ("distilled", "start")}
-                for n in group[0]["fsd"]
-            }
         if "cost" in group[0]:
             mean["cost"] = group[0]["cost"]
         merged[f"{group[0]['run'].replicate_of} (mean of {len(group)} seeds)"] = mean
