@@ -151,3 +151,21 @@ def test_replicates_share_the_split_and_report_their_mean(grid, tmp_path):
     grid.write_text(yaml.safe_dump(spec, sort_keys=False))
     zero = CliRunner().invoke(app, ["experiment", str(grid)])
     assert zero.exit_code == 2 and "replicates must be at least 1, got 0" in zero.output
+
+
+def test_a_continued_scratch_row_starts_where_gkd_starts(grid, tmp_path):
+    spec = yaml.safe_load(grid.read_text())
+    spec["methods"]["none, 12 more epochs"] = {"method": "none", "continue_scratch": True}
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    _, runs = plan_runs(load_grid(grid))
+    by_label = {r.label: r for r in runs}
+    control, gkd = by_label["enet / none, 12 more epochs"], by_label["enet / gkd"]
+    assert control.config.name == "g-enet-none-12-more-epochs"
+    assert control.config.student.weights == gkd.config.student.weights == str(tmp_path / "runs" / "g-enet-none" / "best")
+    assert control.command[3] == "train" and control.config.method.name == "none"
+    assert by_label["enet / kd"].config.student.weights is None  # the other baselines start untrained
+
+    spec["methods"]["none"]["continue_scratch"] = True
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = CliRunner().invoke(app, ["experiment", str(grid)])
+    assert result.exit_code == 2 and "cannot set continue_scratch" in result.output

@@ -55,6 +55,12 @@ class VariantConfig:
 
     method: str = "none"
     args: dict[str, Any] = field(default_factory=dict)
+    # Start from the trained scratch student of the same replicate, as GKD always does. With
+    # method none this is the control for such rows: the scratch student trained for as long again.
+    continue_scratch: bool = False
+
+    def starts_from_scratch_run(self) -> bool:
+        return self.continue_scratch or METHODS.get(self.method).needs_trained_student
 
 
 @dataclass
@@ -95,6 +101,8 @@ def load_grid(path: str | Path) -> GridConfig:
         raise MeddistillError("a grid needs a 'none' row (method: none): the scratch students it compares against")
     for label, variant in grid.methods.items():
         METHODS.get(variant.method)  # an unknown method fails now, naming the nearest one
+    if grid.methods["none"].continue_scratch:
+        raise MeddistillError("the 'none' row is the scratch run itself: it cannot set continue_scratch")
     if not grid.teacher or not grid.student:
         raise MeddistillError("a grid needs 'teacher' and 'student' experiment configs")
     return grid
@@ -131,7 +139,7 @@ def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: st
     method = METHODS.get(variant.method)
     if method.needs_teacher:
         overrides.update(teacher_net)
-    if method.needs_trained_student:
+    if variant.starts_from_scratch_run():
         scratch = Path(base.output) / f"{grid.name}-{student}-none{suffix}"
         overrides["student.weights"] = str(scratch / "best")
     config = load_config(grid.student, _assignments(overrides))
@@ -208,22 +216,25 @@ def check_run_config(run: Run) -> None:
         )
 
 
+def _is_scratch(run: Run) -> bool:
+    """A student trained from scratch: the run that rows with ``continue_scratch`` start from."""
+    return run.variant.method == "none" and not run.variant.continue_scratch
+
+
 def train_runs(runs: list[Run], parallel: int) -> None:
     """Run training commands ``parallel`` at a time, in order, resuming partial runs.
 
-    A run whose method starts from a trained student waits until every scratch run is done.
+    A run that starts from a trained scratch student waits until every scratch run is done.
     Each run's output goes to ``<output>/<name>.log``.
     """
     for run in runs:
         check_run_config(run)
     pending = [r for r in runs if run_state(r.run_dir, r.config.train.epochs) != "done"]
-    pending.sort(key=lambda r: r.variant.method != "none")  # stable: scratch runs first, others keep their order
+    pending.sort(key=lambda r: not _is_scratch(r))  # stable: scratch runs first, others keep their order
     running: list[tuple[Run, subprocess.Popen]] = []
     while pending or running:
         while pending and len(running) < parallel:
-            if METHODS.get(pending[0].variant.method).needs_trained_student and any(
-                r.variant.method == "none" for r, _ in running
-            ):
+            if pending[0].variant.starts_from_scratch_run() and any(_is_scratch(r) for r, _ in running):
                 break  # it starts from a scratch run that is still training
             run = pending.pop(0)
             command = run.command + (["--resume"] if run_state(run.run_dir, run.config.train.epochs) == "partial" else [])
