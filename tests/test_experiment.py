@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from conftest import tiny_config_dict
 from meddistill.builders import phantom_samples
 from meddistill.cli import app
+from meddistill import experiment
 from meddistill.experiment import load_grid, plan_runs
 
 
@@ -153,9 +154,10 @@ def test_replicates_share_the_split_and_report_their_mean(grid, tmp_path):
     assert zero.exit_code == 2 and "replicates must be at least 1, got 0" in zero.output
 
 
-def test_a_continued_scratch_row_starts_where_gkd_starts(grid, tmp_path):
+def test_rows_can_start_from_another_rows_student(grid, tmp_path):
     spec = yaml.safe_load(grid.read_text())
-    spec["methods"]["none, 12 more epochs"] = {"method": "none", "continue_scratch": True}
+    spec["methods"]["none, 12 more epochs"] = {"method": "none", "start_from": "none"}
+    spec["methods"]["gkd, after 24 epochs"] = {"method": "gkd", "start_from": "none, 12 more epochs"}
     grid.write_text(yaml.safe_dump(spec, sort_keys=False))
     _, runs = plan_runs(load_grid(grid))
     by_label = {r.label: r for r in runs}
@@ -163,9 +165,34 @@ def test_a_continued_scratch_row_starts_where_gkd_starts(grid, tmp_path):
     assert control.config.name == "g-enet-none-12-more-epochs"
     assert control.config.student.weights == gkd.config.student.weights == str(tmp_path / "runs" / "g-enet-none" / "best")
     assert control.command[3] == "train" and control.config.method.name == "none"
+    later = by_label["enet / gkd, after 24 epochs"].config.student.weights
+    assert later == str(tmp_path / "runs" / "g-enet-none-12-more-epochs" / "best")
     assert by_label["enet / kd"].config.student.weights is None  # the other baselines start untrained
 
-    spec["methods"]["none"]["continue_scratch"] = True
+    for start, message in [("nnoe", "not a row of the grid (did you mean 'none'?)"),
+                           ("gkd, after 24 epochs", "in a loop: none, 12 more epochs -> gkd, after 24 epochs -> none, 12 more epochs")]:
+        spec["methods"]["none, 12 more epochs"]["start_from"] = start
+        grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+        result = CliRunner().invoke(app, ["experiment", str(grid)])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_run_waits_for_the_run_it_starts_from(grid, tmp_path, monkeypatch):
+    spec = yaml.safe_load(grid.read_text())
+    spec["methods"] = {"gkd": spec["methods"]["gkd"], "kd": spec["methods"]["kd"], "none": {"method": "none"}}
     grid.write_text(yaml.safe_dump(spec, sort_keys=False))
-    result = CliRunner().invoke(app, ["experiment", str(grid)])
-    assert result.exit_code == 2 and "cannot set continue_scratch" in result.output
+    _, runs = plan_runs(load_grid(grid))
+    started = []
+
+    class FinishedAtOnce:
+        def __init__(self, command, **_):
+            started.append(command[command.index("--set") + 1])
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(experiment.subprocess, "Popen", FinishedAtOnce)
+    monkeypatch.setattr(experiment, "run_state", lambda run_dir, epochs: "done" if any(run_dir.name in s for s in started) else "missing")
+    experiment.train_runs(runs, parallel=2)
+    assert started == ['name="g-enet-none"', 'name="g-enet-kd"', 'name="g-enet-gkd"']  # gkd waited for none, kd did not

@@ -34,6 +34,7 @@ from .data import Preparation, VesselSample, load_dataset, training_fov_diameter
 from .distill import METHODS, GKDDistiller
 from .errors import MeddistillError
 from .fsd import frechet_semantic_distance, load_gkd_alignment
+from .registry import did_you_mean
 from .inference import evaluate_samples, predict_probability
 from .report import overlay, plot_panels
 from .zoo import build_network, load_model
@@ -55,12 +56,14 @@ class VariantConfig:
 
     method: str = "none"
     args: dict[str, Any] = field(default_factory=dict)
-    # Start from the trained scratch student of the same replicate, as GKD always does. With
-    # method none this is the control for such rows: the scratch student trained for as long again.
-    continue_scratch: bool = False
+    # The row whose trained student (same replicate) this row starts from. Empty: untrained,
+    # or the scratch row "none" for methods that need a trained student (GKD). With method none
+    # it makes the control for such rows: the same start, trained as long with the task loss alone.
+    start_from: str = ""
 
-    def starts_from_scratch_run(self) -> bool:
-        return self.continue_scratch or METHODS.get(self.method).needs_trained_student
+    def start_row(self) -> str:
+        """The label of the row this one starts from, or "" for an untrained student."""
+        return self.start_from or ("none" if METHODS.get(self.method).needs_trained_student else "")
 
 
 @dataclass
@@ -101,8 +104,16 @@ def load_grid(path: str | Path) -> GridConfig:
         raise MeddistillError("a grid needs a 'none' row (method: none): the scratch students it compares against")
     for label, variant in grid.methods.items():
         METHODS.get(variant.method)  # an unknown method fails now, naming the nearest one
-    if grid.methods["none"].continue_scratch:
-        raise MeddistillError("the 'none' row is the scratch run itself: it cannot set continue_scratch")
+        chain = [label]
+        while start := grid.methods[chain[-1]].start_row():
+            if start not in grid.methods:
+                raise MeddistillError(
+                    f"row '{chain[-1]}' starts from '{start}', which is not a row of the grid"
+                    + did_you_mean(start, list(grid.methods))
+                )
+            if start in chain:
+                raise MeddistillError(f"rows start from each other in a loop: {' -> '.join(chain + [start])}")
+            chain.append(start)
     if not grid.teacher or not grid.student:
         raise MeddistillError("a grid needs 'teacher' and 'student' experiment configs")
     return grid
@@ -139,9 +150,9 @@ def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: st
     method = METHODS.get(variant.method)
     if method.needs_teacher:
         overrides.update(teacher_net)
-    if variant.starts_from_scratch_run():
-        scratch = Path(base.output) / f"{grid.name}-{student}-none{suffix}"
-        overrides["student.weights"] = str(scratch / "best")
+    if variant.start_row():
+        start = Path(base.output) / f"{grid.name}-{student}-{_slug(variant.start_row())}{suffix}"
+        overrides["student.weights"] = str(start / "best")
     config = load_config(grid.student, _assignments(overrides))
     command = _cli("distill" if method.needs_teacher else "train", grid.student, overrides)
     label = f"{student} / {row}"
@@ -152,8 +163,8 @@ def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
     """The teacher run and the student runs; each student's block starts with its scratch row.
 
     Replicate k > 0 of a row is named ``...-seed<seed>``, trains with the student config's seed
-    + k and keeps the first replicate's train/val split; a method that starts from a trained
-    student starts from the scratch run of its own replicate.
+    + k and keeps the first replicate's train/val split; a row that starts from another row's
+    trained student starts from that row's run of its own replicate.
     """
     if grid.replicates < 1:
         raise MeddistillError(f"replicates must be at least 1, got {grid.replicates}")
@@ -216,27 +227,24 @@ def check_run_config(run: Run) -> None:
         )
 
 
-def _is_scratch(run: Run) -> bool:
-    """A student trained from scratch: the run that rows with ``continue_scratch`` start from."""
-    return run.variant.method == "none" and not run.variant.continue_scratch
-
-
 def train_runs(runs: list[Run], parallel: int) -> None:
     """Run training commands ``parallel`` at a time, in order, resuming partial runs.
 
-    A run that starts from a trained scratch student waits until every scratch run is done.
+    A run that starts from another run's trained student waits until that run is done.
     Each run's output goes to ``<output>/<name>.log``.
     """
     for run in runs:
         check_run_config(run)
     pending = [r for r in runs if run_state(r.run_dir, r.config.train.epochs) != "done"]
-    pending.sort(key=lambda r: not _is_scratch(r))  # stable: scratch runs first, others keep their order
     running: list[tuple[Run, subprocess.Popen]] = []
     while pending or running:
-        while pending and len(running) < parallel:
-            if pending[0].variant.starts_from_scratch_run() and any(_is_scratch(r) for r, _ in running):
-                break  # it starts from a scratch run that is still training
-            run = pending.pop(0)
+        while len(running) < parallel:
+            unfinished = {str(r.run_dir / "best") for r in pending + [r for r, _ in running]}
+            ready = [r for r in pending if r.config.student.weights not in unfinished]
+            if not ready:
+                break
+            run = ready[0]
+            pending.remove(run)
             command = run.command + (["--resume"] if run_state(run.run_dir, run.config.train.epochs) == "partial" else [])
             run.run_dir.parent.mkdir(parents=True, exist_ok=True)
             print("$ meddistill", shlex.join(command[3:]), flush=True)
