@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config_dict
 from meddistill.builders import phantom_samples
-from meddistill.cli import app
 from meddistill import experiment
+from meddistill.cli import app
 from meddistill.experiment import load_grid, plan_runs
 
 

@@ -34,8 +34,8 @@ from .data import Preparation, VesselSample, load_dataset, training_fov_diameter
 from .distill import METHODS, GKDDistiller
 from .errors import MeddistillError
 from .fsd import frechet_semantic_distance, load_gkd_alignment
-from .registry import did_you_mean
 from .inference import evaluate_samples, predict_probability
+from .registry import did_you_mean
 from .report import overlay, plot_panels
 from .zoo import build_network, load_model
 
@@ -150,8 +150,8 @@ def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: st
     method = METHODS.get(variant.method)
     if method.needs_teacher:
         overrides.update(teacher_net)
-    if variant.start_row():
-        start = Path(base.output) / f"{grid.name}-{student}-{_slug(variant.start_row())}{suffix}"
+    if start_row := variant.start_row():
+        start = Path(base.output) / f"{grid.name}-{student}-{_slug(start_row)}{suffix}"
         overrides["student.weights"] = str(start / "best")
     config = load_config(grid.student, _assignments(overrides))
     command = _cli("distill" if method.needs_teacher else "train", grid.student, overrides)
