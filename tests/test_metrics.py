@@ -153,3 +153,24 @@ def test_accumulator_empty_reset_and_range_check():
     assert math.isnan(acc.compute()["auc"])
     with pytest.raises(ValueError):
         acc.update(PROB + 1.0, TARGET)
+
+
+def test_sensitivity_at_specificity_hand_computed():
+    # ROC points (FPR, TPR): (0, 0), (0, 1/2), (1/2, 1) for the tied 0.6 pair, (1, 1)
+    acc = MetricAccumulator()
+    acc.update(np.array([0.9, 0.6, 0.6, 0.2]), np.array([True, True, False, False]))
+    assert acc.sensitivity_at(1.0) == pytest.approx(0.5)
+    assert acc.sensitivity_at(0.75) == pytest.approx(0.75)
+    assert acc.sensitivity_at(0.5) == pytest.approx(1.0)
+    assert acc.sensitivity_at(0.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        acc.sensitivity_at(1.5)
+    assert math.isnan(MetricAccumulator().sensitivity_at(0.9))
+
+
+def test_sensitivity_at_own_specificity_matches_threshold_metrics():
+    acc = MetricAccumulator()
+    for prob, target, fov in _cases(seed=4):
+        acc.update(prob, target, fov)
+    scores = acc.compute()
+    assert acc.sensitivity_at(scores["specificity"]) == pytest.approx(scores["sensitivity"], abs=2e-3)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from .builders import build_samples
 from .checkpoint import checkpoint_paths
@@ -323,11 +324,7 @@ def evaluate_runs(
         if state != "done":
             print(f"skipping {run.label}: run not finished", flush=True)
             continue
-        check_run_config(run)
-        net, meta = load_model(run.run_dir / "best")
-        preparation = Preparation.from_meta(meta)
-        if preparation.fov_diameter_px is None:
-            preparation = replace(preparation, fov_diameter_px=_training_diameter(run.config, diameters))
+        net, meta, preparation = load_run_model(run, diameters)
         # the weights' digest: a run trained again to the same best epoch is evaluated again
         digest = hashlib.sha256(checkpoint_paths(run.run_dir / "best")[0].read_bytes()).hexdigest()[:12]
         key = f"{run.run_dir}@{meta['epoch']}@{preparation.fov_diameter_px:.1f}px@{digest}"
@@ -360,6 +357,22 @@ def evaluate_runs(
                 costs[architecture] = measure_cost(net, shape, threads=grid.threads, repeats=10)
             result["cost"] = costs[architecture]
     return results
+
+
+def load_run_model(
+    run: Run, diameters: dict[str, float] | None = None
+) -> tuple[nn.Module, dict[str, Any], Preparation]:
+    """A finished run's best checkpoint, its metadata, and the preparation its inputs need.
+
+    ``diameters`` caches the training FOV diameter of checkpoints written before it was recorded.
+    """
+    check_run_config(run)
+    net, meta = load_model(run.run_dir / "best")
+    preparation = Preparation.from_meta(meta)
+    if preparation.fov_diameter_px is None:
+        diameter = _training_diameter(run.config, {} if diameters is None else diameters)
+        preparation = replace(preparation, fov_diameter_px=diameter)
+    return net, meta, preparation
 
 
 def _training_diameter(config: ExperimentConfig, known: dict[str, float]) -> float:

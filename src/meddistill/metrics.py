@@ -162,12 +162,35 @@ class MetricAccumulator:
 
     def compute(self) -> dict[str, float]:
         """Metrics of all pixels added so far; see :func:`segmentation_metrics`."""
+        curve = self.roc_curve()
+        auc = float("nan") if curve is None else float(area_under_curve(*curve))
+        return _metrics_from_counts(self._counts, auc)
+
+    def roc_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(FPR, TPR) at every bin edge, from (0, 0) to (1, 1); None without both classes."""
         n_pos, n_neg = int(self._hist_pos.sum()), int(self._hist_neg.sum())
         if n_pos == 0 or n_neg == 0:
-            auc = float("nan")
-        else:
-            # sweep the threshold from the top bin down: (FPR, TPR) from (0, 0) to (1, 1)
-            tpr = np.concatenate([[0.0], np.cumsum(self._hist_pos[::-1]) / n_pos])
-            fpr = np.concatenate([[0.0], np.cumsum(self._hist_neg[::-1]) / n_neg])
-            auc = float(area_under_curve(fpr, tpr))
-        return _metrics_from_counts(self._counts, auc)
+            return None
+        # sweep the threshold from the top bin down
+        tpr = np.concatenate([[0.0], np.cumsum(self._hist_pos[::-1]) / n_pos])
+        fpr = np.concatenate([[0.0], np.cumsum(self._hist_neg[::-1]) / n_neg])
+        return fpr, tpr
+
+    def sensitivity_at(self, specificity: float) -> float:
+        """The highest sensitivity reachable at ``specificity`` on the ROC curve (NaN without both classes).
+
+        Between two thresholds the curve is linear (the operating point of a randomised choice
+        between them), so models can be compared at one specificity whatever their calibration.
+        """
+        if not 0.0 <= specificity <= 1.0:
+            raise ValueError(f"specificity must lie in [0, 1], got {specificity:g}")
+        curve = self.roc_curve()
+        if curve is None:
+            return float("nan")
+        fpr, tpr = curve
+        target = 1.0 - specificity
+        below = int(np.searchsorted(fpr, target, side="right")) - 1  # the last point with FPR <= target
+        if below == len(fpr) - 1 or fpr[below] == target:
+            return float(tpr[below])
+        step = (target - fpr[below]) / (fpr[below + 1] - fpr[below])
+        return float(tpr[below] + step * (tpr[below + 1] - tpr[below]))

@@ -1,0 +1,77 @@
+"""Sensitivity of every finished model of a grid at the teacher's specificity, per dataset.
+
+A model that marks more pixels as vessel gains sensitivity at 0.5 by losing specificity, so
+the grid table's sensitivity partly measures calibration. Here each model is read off its own
+ROC curve at the specificity the teacher has at 0.5 on the same dataset: a gain that remains
+is a better ranking of vessel pixels, not a lower threshold.
+
+    python scripts/sensitivity_at_specificity.py configs/chase_dice.yaml --only mobilenetv2_unet
+
+Inputs are prepared as `meddistill experiment` prepares them (targets rescaled to the training
+field-of-view diameter). Prints a Markdown table; rows with two or more seeds get a mean row.
+"""
+
+import argparse
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from meddistill.experiment import load_grid, load_grid_datasets, load_run_model, plan_runs, run_state
+from meddistill.inference import predict_probability
+from meddistill.metrics import MetricAccumulator
+
+
+def accumulate(net: torch.nn.Module, samples, preparation) -> MetricAccumulator:
+    accumulator = MetricAccumulator()
+    for sample in samples:
+        accumulator.update(predict_probability(net, sample.image, sample.fov, preparation=preparation), sample.vessels, sample.fov)
+    return accumulator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", help="experiment grid config")
+    parser.add_argument("--only", default="", help="keep only the student rows whose label contains this")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    grid = load_grid(args.grid)
+    teacher, students = plan_runs(grid)
+    datasets = load_grid_datasets(grid, teacher.config)
+    runs = [teacher] + [r for r in students if args.only in r.label]
+    diameters: dict[str, float] = {}
+    rows: dict[str, dict[str, tuple[float, float, float]]] = {}  # label -> dataset -> (Sp, Se, Se at teacher's Sp)
+    reference: dict[str, float] = {}
+    for run in runs:
+        if run_state(run.run_dir, run.config.train.epochs) != "done":
+            continue
+        net, _, preparation = load_run_model(run, diameters)
+        row = {}
+        for name, samples in datasets.items():
+            accumulator = accumulate(net, samples, preparation)
+            scores = accumulator.compute()
+            reference.setdefault(name, scores["specificity"])  # the teacher comes first
+            row[name] = (scores["specificity"], scores["sensitivity"], accumulator.sensitivity_at(reference[name]))
+        rows[run.label] = row
+        print(f"evaluated {run.label}", flush=True)
+
+    groups = defaultdict(list)  # replicates together, in plan order
+    for run in runs:
+        if run.label in rows:
+            groups[run.replicate_of or run.label].append(run.label)
+    print("\n| model / method | " + " | ".join(f"{n} Sp | {n} Se | {n} Se at teacher's Sp" for n in datasets) + " |")
+    print("|---" * (1 + 3 * len(datasets)) + "|")
+    for label, members in groups.items():
+        table = {m: rows[m] for m in members}
+        if len(members) > 1:
+            table[f"{label} (mean of {len(members)} seeds)"] = {
+                name: tuple(float(np.mean([rows[m][name][i] for m in members])) for i in range(3)) for name in datasets
+            }
+        for row_label, row in table.items():
+            print(f"| {row_label} | " + " | ".join(f"{v:.4f}" for n in datasets for v in row[n]) + " |")
+    print("\nteacher's specificity at 0.5: " + ", ".join(f"{n} {s:.4f}" for n, s in reference.items()))
+
+
+if __name__ == "__main__":
+    main()
