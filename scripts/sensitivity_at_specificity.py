@@ -17,15 +17,18 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from meddistill.data import Preparation, VesselSample
 from meddistill.experiment import load_grid, load_grid_datasets, load_run_model, plan_runs, run_state
 from meddistill.inference import predict_probability
 from meddistill.metrics import MetricAccumulator
 
 
-def accumulate(net: torch.nn.Module, samples, preparation) -> MetricAccumulator:
+def accumulate(net: torch.nn.Module, samples: list[VesselSample], preparation: Preparation) -> MetricAccumulator:
+    """The pooled pixels of ``net``'s predictions on ``samples``."""
     accumulator = MetricAccumulator()
     for sample in samples:
-        accumulator.update(predict_probability(net, sample.image, sample.fov, preparation=preparation), sample.vessels, sample.fov)
+        prob = predict_probability(net, sample.image, sample.fov, preparation=preparation)
+        accumulator.update(prob, sample.vessels, sample.fov)
     return accumulator
 
 
