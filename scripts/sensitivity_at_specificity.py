@@ -12,12 +12,14 @@ field-of-view diameter). Prints a Markdown table; rows with two or more seeds ge
 """
 
 import argparse
+import sys
 from collections import defaultdict
 
 import numpy as np
 import torch
 
 from meddistill.data import Preparation, VesselSample
+from meddistill.errors import MeddistillError
 from meddistill.experiment import load_grid, load_grid_datasets, load_run_model, plan_runs, run_state
 from meddistill.inference import predict_probability
 from meddistill.metrics import MetricAccumulator
@@ -77,4 +79,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MeddistillError as error:
+        sys.exit(f"error: {error}")
