@@ -196,3 +196,63 @@ def test_a_run_waits_for_the_run_it_starts_from(grid, tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "run_state", lambda run_dir, epochs: "done" if any(run_dir.name in s for s in started) else "missing")
     experiment.train_runs(runs, parallel=2)
     assert started == ['name="g-enet-none"', 'name="g-enet-kd"', 'name="g-enet-gkd"']  # gkd waited for none, kd did not
+
+
+def test_rows_may_share_pre_stages_only_where_the_stages_are_the_same(grid):
+    spec = yaml.safe_load(grid.read_text())
+    gkd_args = spec["methods"]["gkd"]["args"]
+    spec["methods"]["gkd + intra"] = {"method": "gkd", "args": {**gkd_args, "inter_weight": 0, "cross_weight": 0},
+                                      "stages_from": "gkd"}
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    _, runs = plan_runs(load_grid(grid))
+    by_label = {r.label: r for r in runs}
+    assert by_label["enet / gkd + intra"].stages_from == by_label["enet / gkd"].run_dir
+    assert by_label["enet / gkd"].stages_from is None
+
+    bad_rows = [
+        ({"stages_from": "gdk"}, "not a row of the grid (did you mean 'gkd'?)"),
+        ({"args": {**gkd_args, "latent_dim": 8}}, "their 'latent_dim' differs"),
+        ({"method": "kd", "args": {}}, "the same method and the same starting student"),
+    ]
+    for change, message in bad_rows:
+        spec["methods"]["gkd + intra"].update(change)
+        grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+        result = CliRunner().invoke(app, ["experiment", str(grid)])
+        assert result.exit_code == 2 and message in result.output, result.output
+        spec["methods"]["gkd + intra"] = {"method": "gkd", "args": {**gkd_args, "inter_weight": 0}, "stages_from": "gkd"}
+
+
+def test_a_run_copies_the_pre_stages_once_its_source_has_trained_them(grid, tmp_path, monkeypatch):
+    spec = yaml.safe_load(grid.read_text())
+    spec["methods"] = {
+        "gkd + intra": {"method": "gkd", "args": {**spec["methods"]["gkd"]["args"], "inter_weight": 0}, "stages_from": "gkd"},
+        "gkd": spec["methods"]["gkd"],
+        "none": {"method": "none"},
+    }
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    _, runs = plan_runs(load_grid(grid))
+    run_dirs = {r.config.name: r.run_dir for r in runs}
+    started = []
+
+    class TrainsAtOnce:  # writes what a finished run leaves: its pre-stages and its checkpoint
+        def __init__(self, command, **_):
+            name = command[command.index("--set") + 1].split("=")[1].strip('"')
+            started.append((name, "--resume" in command, sorted(p.name for p in run_dirs[name].glob("stage-*"))))
+            run_dirs[name].mkdir(parents=True, exist_ok=True)
+            if name == "g-enet-gkd":
+                (run_dirs[name] / "stage-autoencoder.json").write_text("{}")
+                (run_dirs[name] / "stage-autoencoder.safetensors").write_bytes(b"weights")
+            (run_dirs[name] / "last.json").write_text(json.dumps({"epoch": 0}))
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(experiment.subprocess, "Popen", TrainsAtOnce)
+    experiment.train_runs(runs, parallel=2)
+    assert started == [
+        ("g-enet-none", False, []),
+        ("g-enet-gkd", False, []),
+        ("g-enet-gkd-intra", True, ["stage-autoencoder.json", "stage-autoencoder.safetensors"]),  # waited, copied, resumed
+    ]
+    assert (run_dirs["g-enet-gkd-intra"] / "stage-autoencoder.safetensors").read_bytes() == b"weights"

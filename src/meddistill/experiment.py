@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -61,6 +62,10 @@ class VariantConfig:
     # or the scratch row "none" for methods that need a trained student (GKD). With method none
     # it makes the control for such rows: the same start, trained as long with the task loss alone.
     start_from: str = ""
+    # The row (same student and replicate) whose trained pre-stages, such as GKD's autoencoder
+    # and alignment networks, this row copies instead of training its own. Allowed where the
+    # two rows differ only in their method's distill-stage arguments (e.g. GKD's loss weights).
+    stages_from: str = ""
 
     def start_row(self) -> str:
         """The label of the row this one starts from, or "" for an untrained student."""
@@ -93,6 +98,7 @@ class Run:
     config: ExperimentConfig
     variant: VariantConfig
     replicate_of: str = ""  # the label its replicates share (the first replicate's label)
+    stages_from: Path | None = None  # the run folder whose pre-stages it copies
 
     @property
     def run_dir(self) -> Path:
@@ -115,9 +121,37 @@ def load_grid(path: str | Path) -> GridConfig:
             if start in chain:
                 raise MeddistillError(f"rows start from each other in a loop: {' -> '.join(chain + [start])}")
             chain.append(start)
+        if variant.stages_from:
+            _check_stage_source(grid, label)
     if not grid.teacher or not grid.student:
         raise MeddistillError("a grid needs 'teacher' and 'student' experiment configs")
     return grid
+
+
+def _check_stage_source(grid: GridConfig, label: str) -> None:
+    """Row ``label`` may copy the pre-stages of its ``stages_from`` row only if they train the same ones."""
+    variant = grid.methods[label]
+    source_label = variant.stages_from
+    if source_label not in grid.methods:
+        raise MeddistillError(
+            f"row '{label}' takes its stages from '{source_label}', which is not a row of the grid"
+            + did_you_mean(source_label, list(grid.methods))
+        )
+    source = grid.methods[source_label]
+    if source.stages_from:
+        raise MeddistillError(f"row '{label}' takes its stages from '{source_label}', which takes its own from another row")
+    if source.method != variant.method or source.start_row() != variant.start_row():
+        raise MeddistillError(
+            f"row '{label}' cannot take its stages from '{source_label}': "
+            "both rows need the same method and the same starting student"
+        )
+    free = METHODS.get(variant.method).distill_stage_args
+    differing = sorted(k for k in {**source.args, **variant.args} if k not in free and source.args.get(k) != variant.args.get(k))
+    if differing:
+        raise MeddistillError(
+            f"row '{label}' cannot take its stages from '{source_label}': their '{differing[0]}' differs "
+            f"(only {', '.join(free) or 'nothing'} may)"
+        )
 
 
 def _assignments(overrides: dict[str, Any]) -> list[str]:
@@ -157,7 +191,8 @@ def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: st
     config = load_config(grid.student, _assignments(overrides))
     command = _cli("distill" if method.needs_teacher else "train", grid.student, overrides)
     label = f"{student} / {row}"
-    return Run(label + (f" (seed {seed})" if k else ""), command, config, variant, replicate_of=label)
+    stages_from = Path(base.output) / f"{grid.name}-{student}-{_slug(variant.stages_from)}{suffix}" if variant.stages_from else None
+    return Run(label + (f" (seed {seed})" if k else ""), command, config, variant, replicate_of=label, stages_from=stages_from)
 
 
 def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
@@ -228,11 +263,26 @@ def check_run_config(run: Run) -> None:
         )
 
 
+def copy_pre_stages(source: Path, run_dir: Path) -> None:
+    """Copy ``source``'s trained pre-stages into ``run_dir``, unless it has pre-stages of its own.
+
+    The engine then reloads them instead of training them. The run is not bit-identical to
+    one that trained its own: its distillation stage starts from another random state.
+    """
+    if list(run_dir.glob("stage-*.json")):
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("stage-*")):
+        shutil.copy2(path, run_dir / path.name)
+    print(f"{run_dir.name}: pre-stages copied from {source.name}", flush=True)
+
+
 def train_runs(runs: list[Run], parallel: int) -> None:
     """Run training commands ``parallel`` at a time, in order, resuming partial runs.
 
-    A run that starts from another run's trained student waits until that run is done.
-    Each run's output goes to ``<output>/<name>.log``.
+    A run that starts from another run's trained student waits until that run is done; one
+    that copies another run's pre-stages waits until that run has finished them (its first
+    checkpoint). Each run's output goes to ``<output>/<name>.log``.
     """
     for run in runs:
         check_run_config(run)
@@ -241,11 +291,18 @@ def train_runs(runs: list[Run], parallel: int) -> None:
     while pending or running:
         while len(running) < parallel:
             unfinished = {str(r.run_dir / "best") for r in pending + [r for r, _ in running]}
-            ready = [r for r in pending if r.config.student.weights not in unfinished]
+            ready = [
+                r
+                for r in pending
+                if r.config.student.weights not in unfinished
+                and (r.stages_from is None or (r.stages_from / "last.json").is_file())
+            ]
             if not ready:
                 break
             run = ready[0]
             pending.remove(run)
+            if run.stages_from is not None:
+                copy_pre_stages(run.stages_from, run.run_dir)
             command = run.command + (["--resume"] if run_state(run.run_dir, run.config.train.epochs) == "partial" else [])
             run.run_dir.parent.mkdir(parents=True, exist_ok=True)
             print("$ meddistill", shlex.join(command[3:]), flush=True)

@@ -166,6 +166,7 @@ class GKDDistiller(Distiller):
 
     needs_teacher = True
     needs_trained_student = True  # SAN is fitted to the task-trained student's features
+    distill_stage_args = ("intra_weight", "inter_weight", "cross_weight", "views", "view_args")
 
     def __init__(
         self,
