@@ -18,6 +18,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from meddistill.checkpoint import checkpoint_paths
 from meddistill.data import Preparation, VesselSample
 from meddistill.errors import MeddistillError
 from meddistill.experiment import load_grid, load_grid_datasets, load_run_model, plan_runs, run_state
@@ -43,20 +44,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     grid = load_grid(args.grid)
     teacher, students = plan_runs(grid)
+    if not checkpoint_paths(teacher.run_dir / "best")[0].is_file():
+        raise MeddistillError(f"the teacher has no checkpoint at {teacher.run_dir / 'best'}: train the grid's teacher first")
     datasets = load_grid_datasets(grid, teacher.config)
-    runs = [teacher] + [r for r in students if args.only in r.label]
+    finished = [r for r in students if args.only in r.label and run_state(r.run_dir, r.config.train.epochs) == "done"]
+    runs = [teacher] + finished  # the teacher is its best checkpoint, as the students' configs name it
     diameters: dict[str, float] = {}
     rows: dict[str, dict[str, tuple[float, float, float]]] = {}  # label -> dataset -> (Sp, Se, Se at teacher's Sp)
     reference: dict[str, float] = {}
     for run in runs:
-        if run_state(run.run_dir, run.config.train.epochs) != "done":
-            continue
         net, _, preparation = load_run_model(run, diameters)
         row = {}
         for name, samples in datasets.items():
             accumulator = accumulate(net, samples, preparation)
             scores = accumulator.compute()
-            reference.setdefault(name, scores["specificity"])  # the teacher comes first
+            reference.setdefault(name, scores["specificity"])  # the teacher's: it comes first
             row[name] = (scores["specificity"], scores["sensitivity"], accumulator.sensitivity_at(reference[name]))
         rows[run.label] = row
         print(f"evaluated {run.label}", flush=True)
