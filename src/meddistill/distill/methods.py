@@ -40,8 +40,8 @@ class Distiller(nn.Module):
 
     needs_teacher = False
     needs_trained_student = False  # True: the config must give student.weights to start from
-    # Method args that only weigh the distillation stage's losses: runs that differ in these
-    # alone train identical pre-stages, so a grid row may reuse another's (``stages_from``).
+    # Method args that act in the distillation stage alone (loss weights, input views): runs that
+    # differ only in these train identical pre-stages, so a grid row may reuse another's (``stages_from``).
     distill_stage_args: tuple[str, ...] = ()
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, task: Task) -> None:
