@@ -174,8 +174,12 @@ def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: st
     seed = base.seed + k
     suffix = f"-seed{seed}" if k else ""
     variant = grid.methods[row]
+
+    def run_name(grid_row: str) -> str:  # the run of ``grid_row`` for this student and replicate
+        return f"{grid.name}-{student}-{_slug(grid_row)}{suffix}"
+
     overrides: dict[str, Any] = {
-        "name": f"{grid.name}-{student}-{_slug(row)}{suffix}",
+        "name": run_name(row),
         "student.name": student,
         "method.name": variant.method,
         "method.args": variant.args,
@@ -186,12 +190,11 @@ def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: st
     if method.needs_teacher:
         overrides.update(teacher_net)
     if start_row := variant.start_row():
-        start = Path(base.output) / f"{grid.name}-{student}-{_slug(start_row)}{suffix}"
-        overrides["student.weights"] = str(start / "best")
+        overrides["student.weights"] = str(Path(base.output) / run_name(start_row) / "best")
     config = load_config(grid.student, _assignments(overrides))
     command = _cli("distill" if method.needs_teacher else "train", grid.student, overrides)
     label = f"{student} / {row}"
-    stages_from = Path(base.output) / f"{grid.name}-{student}-{_slug(variant.stages_from)}{suffix}" if variant.stages_from else None
+    stages_from = Path(base.output) / run_name(variant.stages_from) if variant.stages_from else None
     return Run(label + (f" (seed {seed})" if k else ""), command, config, variant, replicate_of=label, stages_from=stages_from)
 
 
