@@ -15,6 +15,7 @@ from conftest import tiny_config_dict
 from meddistill.builders import phantom_samples
 from meddistill import experiment
 from meddistill.cli import app
+from meddistill.cost import ModelCost
 from meddistill.experiment import load_grid, plan_runs
 
 
@@ -256,3 +257,31 @@ def test_a_run_copies_the_pre_stages_once_its_source_has_trained_them(grid, tmp_
         ("g-enet-gkd-intra", True, ["stage-autoencoder.json", "stage-autoencoder.safetensors"]),  # waited, copied, resumed
     ]
     assert (run_dirs["g-enet-gkd-intra"] / "stage-autoencoder.safetensors").read_bytes() == b"weights"
+
+
+def test_costs_are_measured_once_per_architecture_and_kept_for_later_reports(grid, tmp_path, monkeypatch):
+    measured = []
+
+    def fake_measure_cost(net, shape, threads, repeats):
+        measured.append(type(net).__name__)
+        return ModelCost(len(measured), 1.5, 10.0 * len(measured), (9.0, 11.0), 3.0, threads, tuple(shape))
+
+    monkeypatch.setattr(experiment, "measure_cost", fake_measure_cost)
+    config = load_grid(grid)
+    teacher, students = plan_runs(config)
+
+    def untimed():
+        return {run.label: {"run": run, "net": None} for run in [teacher, *students]}
+
+    out = tmp_path / "results"
+    fresh = untimed()
+    experiment.attach_costs(fresh, config, out, measure=True)
+    assert measured == ["FANet", "ENet"]  # the three ENet rows share one measurement
+    assert fresh["enet / kd"]["cost"] == fresh["enet / none"]["cost"] != fresh["teacher"]["cost"]
+    reported = untimed()
+    experiment.attach_costs(reported, config, out, measure=False)
+    assert len(measured) == 2
+    assert {label: r["cost"] for label, r in reported.items()} == {label: r["cost"] for label, r in fresh.items()}
+    nothing_kept = untimed()
+    experiment.attach_costs(nothing_kept, config, tmp_path / "elsewhere", measure=False)
+    assert all("cost" not in r for r in nothing_kept.values())

@@ -135,7 +135,7 @@ def evaluate_segmentation(
 def experiment(
     grid: Annotated[Path, typer.Argument(help="Grid YAML: teacher and student configs, students, methods, targets.")],
     train: Annotated[bool, typer.Option("--train/--no-train", help="Train missing runs first (partial ones resume).")] = True,
-    cost: Annotated[bool, typer.Option("--cost/--no-cost", help="Measure params, GFLOPs and CPU latency (needs a quiet machine).")] = True,
+    cost: Annotated[bool, typer.Option("--cost/--no-cost", help="Measure params, GFLOPs and CPU latency (needs a quiet machine); --no-cost reports the last measurement kept beside the table.")] = True,
 ) -> None:
     """Cross-domain grid: train on a source dataset, test on targets, write the table and figures."""
     from .experiment import run_grid

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +52,11 @@ class ModelCost:
     peak_memory_mb: float
     threads: int
     input_shape: tuple[int, ...]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelCost:
+        """The inverse of ``dataclasses.asdict`` after a JSON round trip (lists back to tuples)."""
+        return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
 
 
 def _example_input(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from torch import nn
 from .builders import build_samples
 from .checkpoint import checkpoint_paths
 from .config import ExperimentConfig, build_dataclass, config_from_dict, config_to_dict, load_config, read_yaml
-from .cost import measure_cost
+from .cost import ModelCost, measure_cost
 from .data import Preparation, VesselSample, load_dataset, training_fov_diameter
 from .distill import METHODS, GKDDistiller
 from .errors import MeddistillError
@@ -352,9 +352,8 @@ def evaluate_runs(
     students: list[Run],
     datasets: dict[str, list[VesselSample]],
     out: Path,
-    with_cost: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per dataset, FSD of GKD runs, and cost.
+    """Metrics per dataset and FSD of GKD runs.
 
     Metrics are cached in ``out/metrics.json``; ``out/runs.json`` records, per evaluated
     checkpoint, the run's config and its FSD. A run whose folder is gone (archived, or trained
@@ -405,18 +404,29 @@ def evaluate_runs(
                 record["fsd"] = _fsd(run, net, datasets, preparation)
             results[run.label]["fsd"] = record["fsd"]
         save()
-    if with_cost:
-        costs: dict[str, Any] = {}
-        for result in results.values():
-            run = result["run"]
-            architecture = json.dumps([run.config.student.name, run.config.student.args])
-            if architecture not in costs:
-                # latency and FLOPs do not depend on the weights: a folder-less row is timed untrained
-                net = result["net"] or build_network(run.config.student.name, run.config.student.args)
-                shape = (1, 3, grid.cost_size, grid.cost_size)
-                costs[architecture] = measure_cost(net, shape, threads=grid.threads, repeats=10)
-            result["cost"] = costs[architecture]
     return results
+
+
+def attach_costs(results: dict[str, dict[str, Any]], grid: GridConfig, out: Path, measure: bool) -> None:
+    """Give each result its architecture's ``cost``: measured now (``measure``) and kept in
+    ``out/cost.json``, or else the measurement kept there by an earlier call, if any."""
+    path = out / "cost.json"
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    measured: set[str] = set()
+    for result in results.values():
+        run = result["run"]
+        key = json.dumps([run.config.student.name, run.config.student.args, grid.cost_size, grid.threads])
+        if measure and key not in measured:
+            # latency and FLOPs do not depend on the weights: a folder-less row is timed untrained
+            net = result["net"] or build_network(run.config.student.name, run.config.student.args)
+            shape = (1, 3, grid.cost_size, grid.cost_size)
+            kept[key] = asdict(measure_cost(net, shape, threads=grid.threads, repeats=10))
+            measured.add(key)
+        if key in kept:
+            result["cost"] = ModelCost.from_dict(kept[key])
+    if measured:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(kept, indent=2))
 
 
 def load_run_model(
@@ -563,9 +573,10 @@ def run_grid(path: str | Path, train: bool = True, with_cost: bool = True) -> st
         train_runs(students, grid.jobs)
     out = Path(grid.out)
     datasets = load_grid_datasets(grid, students[0].config)
-    results = evaluate_runs(grid, teacher, students, datasets, out, with_cost)
+    results = evaluate_runs(grid, teacher, students, datasets, out)
     if not results:
         raise MeddistillError("no finished runs to report yet")
+    attach_costs(results, grid, out, measure=with_cost)
     results = add_replicate_means(results)
     markdown = write_table(results, out, grid)
     absent = [label for label, result in results.items() if result["net"] is None and not result.get("summary")]
