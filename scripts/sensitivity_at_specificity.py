@@ -38,7 +38,7 @@ def accumulate(net: torch.nn.Module, samples: list[VesselSample], preparation: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", help="experiment grid config")
-    parser.add_argument("--only", default="", help="keep only the student rows whose label contains this")
+    parser.add_argument("--only", action="append", default=[], help="keep only the student rows whose label contains this (repeatable: any of them)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -47,7 +47,8 @@ def main() -> None:
     if not checkpoint_paths(teacher.run_dir / "best")[0].is_file():
         raise MeddistillError(f"the teacher has no checkpoint at {teacher.run_dir / 'best'}: train the grid's teacher first")
     datasets = load_grid_datasets(grid, teacher.config)
-    finished = [r for r in students if args.only in r.label and run_state(r.run_dir, r.config.train.epochs) == "done"]
+    wanted = [r for r in students if not args.only or any(part in r.label for part in args.only)]
+    finished = [r for r in wanted if run_state(r.run_dir, r.config.train.epochs) == "done"]
     runs = [teacher] + finished  # the teacher is its best checkpoint, as the students' configs name it
     diameters: dict[str, float] = {}
     rows: dict[str, dict[str, tuple[float, float, float]]] = {}  # label -> dataset -> (Sp, Se, Se at teacher's Sp)
