@@ -347,7 +347,6 @@ def _is_gkd(run: Run) -> bool:
 
 
 def evaluate_runs(
-    grid: GridConfig,
     teacher: Run,
     students: list[Run],
     datasets: dict[str, list[VesselSample]],
@@ -573,7 +572,7 @@ def run_grid(path: str | Path, train: bool = True, with_cost: bool = True) -> st
         train_runs(students, grid.jobs)
     out = Path(grid.out)
     datasets = load_grid_datasets(grid, students[0].config)
-    results = evaluate_runs(grid, teacher, students, datasets, out)
+    results = evaluate_runs(teacher, students, datasets, out)
     if not results:
         raise MeddistillError("no finished runs to report yet")
     attach_costs(results, grid, out, measure=with_cost)
