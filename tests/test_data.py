@@ -409,6 +409,35 @@ def test_patch_dataset_keeps_labels_aligned_under_augmentation():
     assert moved > 0  # spatial augmentation happened
 
 
+def test_patch_dataset_rotation_and_zoom_keep_labels_aligned():
+    sample = _aligned_sample()
+    ds = PatchDataset([sample], patch_size=16, patches_per_image=12, seed=1, rotate_degrees=180, scale_range=0.2)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["image"].shape == (3, 16, 16) and item["label"].dtype == torch.int64 and item["fov"].dtype == torch.bool
+        fov, label, red = item["fov"], item["label"].bool(), item["image"][0]
+        assert not item["image"][:, ~fov].any() and (label & ~fov).sum() == 0
+        if label[fov].any() and (~label[fov]).any():
+            # bilinear image against nearest-neighbour label: only pixels on a vessel's edge may disagree
+            assert red[label & fov].mean() > red[~label & fov].mean() + 1.0
+
+
+def test_window_size_covers_the_rotated_and_zoomed_patch():
+    from meddistill.data.patches import _window_size
+
+    assert _window_size(100, 0, 0) == 100
+    assert _window_size(100, 45, 0) == 142  # ceil(100 √2)
+    assert _window_size(100, 180, 0.2) == 170  # ceil(120 √2): no angle needs more than 45°
+    assert _window_size(100, 30, 0) == 137  # ceil(100 (cos 30° + sin 30°))
+
+
+def test_patch_dataset_rejects_bad_rotation_or_zoom():
+    with pytest.raises(MeddistillError, match="scale_range"):
+        PatchDataset([_aligned_sample()], patch_size=16, patches_per_image=1, scale_range=1.5)
+    with pytest.raises(MeddistillError, match="rotate_degrees"):
+        PatchDataset([_aligned_sample()], patch_size=16, patches_per_image=1, rotate_degrees=-5)
+
+
 def test_split_seed_keeps_the_split_across_run_seeds():
     from meddistill.builders import build_samples
     from meddistill.config import DataConfig

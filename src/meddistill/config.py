@@ -42,6 +42,8 @@ class DataConfig:
     patch_size: int = 128
     patches_per_image: int = 32
     augment: bool = True
+    rotate_degrees: float = 0.0  # with augment: random rotation by up to this angle, besides the 90° turns
+    scale_range: float = 0.0  # with augment: random zoom by a factor in [1 - scale_range, 1 + scale_range]
     num_workers: int = 0
 
 

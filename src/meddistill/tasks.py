@@ -89,7 +89,14 @@ class SegmentationTask(Task):
 
         train, validation = build_samples(data, seed)
         dataset = PatchDataset(
-            train, data.patch_size, data.patches_per_image, augment=data.augment, seed=seed, clahe=self.clahe
+            train,
+            data.patch_size,
+            data.patches_per_image,
+            augment=data.augment,
+            seed=seed,
+            clahe=self.clahe,
+            rotate_degrees=data.rotate_degrees,
+            scale_range=data.scale_range,
         )
         # the checkpoint records how inference must prepare photos (read back by Preparation.from_meta)
         return TaskData(dataset, validation, asdict(Preparation(training_fov_diameter(train), self.clahe)))

@@ -6,6 +6,7 @@ go through the same functions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -15,6 +16,7 @@ import torch
 from monai.transforms import (
     Compose,
     RandAdjustContrastd,
+    RandAffined,
     RandFlipd,
     RandGaussianNoised,
     RandRotate90d,
@@ -88,11 +90,32 @@ def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(low), np.array(high)
 
 
-def _augmentation(spatial_dims: int) -> Compose:
-    """Random flips, 90° rotations and mild intensity changes; spatial ones hit image, label and FOV alike."""
+def _augmentation(spatial_dims: int, patch_size: int, rotate_degrees: float, scale_range: float) -> Compose:
+    """Random flips, 90° rotations and mild intensity changes; spatial ones hit image, label and FOV alike.
+
+    With ``rotate_degrees`` or ``scale_range`` set, a random rotation by up to that angle (about
+    every axis in 3D) and a zoom by a factor in ``[1 - scale_range, 1 + scale_range]`` come first:
+    they turn the larger window :func:`_window_size` cut into a ``patch_size`` patch, so no
+    corner is left empty. Labels and FOV are resampled by nearest neighbour.
+    """
     keys = ["image", "label", "fov"]
+    affine = []
+    if rotate_degrees or scale_range:
+        rotations = 1 if spatial_dims == 2 else 3
+        affine.append(
+            RandAffined(
+                keys,
+                spatial_size=(patch_size,) * spatial_dims,
+                prob=1.0,
+                rotate_range=(math.radians(rotate_degrees),) * rotations,
+                scale_range=(scale_range,) * spatial_dims,
+                mode=("bilinear", "nearest", "nearest"),
+                padding_mode="zeros",
+            )
+        )
     return Compose(
-        [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+        affine
+        + [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
         + [
             RandRotate90d(keys, prob=0.5, spatial_axes=(spatial_dims - 2, spatial_dims - 1)),
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
@@ -103,12 +126,21 @@ def _augmentation(spatial_dims: int) -> Compose:
     )
 
 
+def _window_size(patch_size: int, rotate_degrees: float, scale_range: float) -> int:
+    """Side of the window to cut so that a ``patch_size`` patch rotated by up to ``rotate_degrees``
+    and zoomed out by up to ``1 + scale_range`` still lies inside it."""
+    angle = math.radians(min(abs(rotate_degrees), 45.0))
+    return math.ceil(patch_size * (1 + scale_range) * (math.cos(angle) + math.sin(angle)))
+
+
 class PatchDataset(Dataset):
     """Random square (cubic in 3D) patches centred inside the field of view, for training.
 
     Item ``i`` comes from sample ``i % len(samples)``; its centre and augmentation depend only
     on ``(seed, epoch, i)``, so a run is reproducible whatever the DataLoader workers do.
     Images are normalised once by :func:`normalize_image` (with CLAHE when ``clahe``).
+    ``rotate_degrees`` and ``scale_range`` add a random rotation and zoom when ``augment``
+    (see :func:`_augmentation`).
     Call :meth:`set_epoch` before each epoch to draw new patches.
 
     Each item is a dict: ``image`` (C, p, p) float32, ``label`` (p, p) int64 in {0, 1},
@@ -123,17 +155,24 @@ class PatchDataset(Dataset):
         augment: bool = True,
         seed: int = 0,
         clahe: bool = False,
+        rotate_degrees: float = 0.0,
+        scale_range: float = 0.0,
     ) -> None:
         if not samples:
             raise MeddistillError("no training images: the patch dataset is empty")
+        if rotate_degrees < 0 or not 0 <= scale_range < 1:
+            raise MeddistillError(
+                f"rotate_degrees must be >= 0 and scale_range in [0, 1), got {rotate_degrees} and {scale_range}"
+            )
         self.patch_size = patch_size
         self.patches_per_image = patches_per_image
         self.seed = seed
         self.epoch = 0
         spatial_dims = samples[0].fov.ndim
-        self._augment = _augmentation(spatial_dims) if augment else None
-        # Padding by a patch on every side lets any in-image centre be cut with plain slicing.
-        before, after = patch_size // 2, patch_size - patch_size // 2
+        self._augment = _augmentation(spatial_dims, patch_size, rotate_degrees, scale_range) if augment else None
+        self._window = _window_size(patch_size, rotate_degrees, scale_range) if augment else patch_size
+        # Padding by a window on every side lets any in-image centre be cut with plain slicing.
+        before, after = self._window // 2, self._window - self._window // 2
         pad = [(before, after)] * spatial_dims
         self._images = [np.pad(normalize_image(s.image, s.fov, clahe), [(0, 0)] + pad) for s in samples]
         self._labels = [np.pad(s.vessels, pad) for s in samples]
@@ -153,7 +192,7 @@ class PatchDataset(Dataset):
         Rejection keeps memory flat (no list of all FOV pixels) and, on a disc, accepts ~78 % of draws.
         """
         low, high = self._boxes[k]
-        offset = self.patch_size // 2
+        offset = self._window // 2
         fov = self._fovs[k]
         while True:
             centre = tuple(int(c) for c in rng.integers(low, high))
@@ -165,7 +204,7 @@ class PatchDataset(Dataset):
         k = index % len(self._images)
         # In padded coordinates a patch centred on pixel c starts at c.
         start = self._random_centre(k, rng)
-        window = tuple(slice(c, c + self.patch_size) for c in start)
+        window = tuple(slice(c, c + self._window) for c in start)
         item = {
             "image": torch.from_numpy(self._images[k][(slice(None),) + window].copy()),
             "label": torch.from_numpy(self._labels[k][window][None].astype(np.int64)),
@@ -175,5 +214,7 @@ class PatchDataset(Dataset):
             self._augment.set_random_state(seed=int(rng.integers(2**31)))
             augmented = self._augment(item)
             item = {key: convert_to_tensor(value, track_meta=False) for key, value in augmented.items()}
+            # resampling turns label and FOV into floats (of exact 0 / 1 values, by nearest neighbour)
+            item["label"], item["fov"] = item["label"].long(), item["fov"].bool()
             item["image"] = item["image"] * item["fov"]  # intensity changes must not leak outside the FOV
         return {"image": item["image"], "label": item["label"][0], "fov": item["fov"][0]}
