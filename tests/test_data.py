@@ -429,6 +429,8 @@ def test_window_size_covers_the_rotated_and_zoomed_patch():
     assert _window_size(100, 45, 0) == 142  # ceil(100 √2)
     assert _window_size(100, 180, 0.2) == 170  # ceil(120 √2): no angle needs more than 45°
     assert _window_size(100, 30, 0) == 137  # ceil(100 (cos 30° + sin 30°))
+    assert _window_size(100, 10, 0, spatial_dims=3) == 156  # ceil(100 (cos 10° + sin 10°)³), three axes
+    assert _window_size(100, 180, 0, spatial_dims=3) == 174  # ceil(100 √3): a cube's diagonal
 
 
 def test_patch_dataset_rejects_bad_rotation_or_zoom():

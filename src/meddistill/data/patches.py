@@ -101,13 +101,12 @@ def _augmentation(spatial_dims: int, patch_size: int, rotate_degrees: float, sca
     keys = ["image", "label", "fov"]
     affine = []
     if rotate_degrees or scale_range:
-        rotations = 1 if spatial_dims == 2 else 3
         affine.append(
             RandAffined(
                 keys,
                 spatial_size=(patch_size,) * spatial_dims,
                 prob=1.0,
-                rotate_range=(math.radians(rotate_degrees),) * rotations,
+                rotate_range=(math.radians(rotate_degrees),) * _rotation_axes(spatial_dims),
                 scale_range=(scale_range,) * spatial_dims,
                 mode=("bilinear", "nearest", "nearest"),
                 padding_mode="zeros",
@@ -126,11 +125,21 @@ def _augmentation(spatial_dims: int, patch_size: int, rotate_degrees: float, sca
     )
 
 
-def _window_size(patch_size: int, rotate_degrees: float, scale_range: float) -> int:
+def _rotation_axes(spatial_dims: int) -> int:
+    """How many angles a random rotation draws: one in 2D, one per axis in 3D."""
+    return 1 if spatial_dims == 2 else 3
+
+
+def _window_size(patch_size: int, rotate_degrees: float, scale_range: float, spatial_dims: int = 2) -> int:
     """Side of the window to cut so that a ``patch_size`` patch rotated by up to ``rotate_degrees``
-    and zoomed out by up to ``1 + scale_range`` still lies inside it."""
-    angle = math.radians(min(abs(rotate_degrees), 45.0))
-    return math.ceil(patch_size * (1 + scale_range) * (math.cos(angle) + math.sin(angle)))
+    (about each axis) and zoomed out by up to ``1 + scale_range`` still lies inside it.
+
+    A rotation by at most θ ≤ 45° about one axis stretches a square's extent by at most
+    cos θ + sin θ; composed about several axes, by that power, and never beyond the diagonal √d.
+    """
+    angle = math.radians(min(rotate_degrees, 45.0))
+    stretch = min((math.cos(angle) + math.sin(angle)) ** _rotation_axes(spatial_dims), math.sqrt(spatial_dims))
+    return math.ceil(patch_size * (1 + scale_range) * stretch)
 
 
 class PatchDataset(Dataset):
@@ -170,7 +179,7 @@ class PatchDataset(Dataset):
         self.epoch = 0
         spatial_dims = samples[0].fov.ndim
         self._augment = _augmentation(spatial_dims, patch_size, rotate_degrees, scale_range) if augment else None
-        self._window = _window_size(patch_size, rotate_degrees, scale_range) if augment else patch_size
+        self._window = _window_size(patch_size, rotate_degrees, scale_range, spatial_dims) if augment else patch_size
         # Padding by a window on every side lets any in-image centre be cut with plain slicing.
         before, after = self._window // 2, self._window - self._window // 2
         pad = [(before, after)] * spatial_dims
