@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from meddistill.builders import phantom_samples
 from meddistill.cli import app
+from meddistill.errors import MeddistillError
 from meddistill.registration.task import KeypointPairDataset, random_affine, transform_points, warp_to_reference
 
 runner = CliRunner()
@@ -55,6 +56,20 @@ def test_pair_dataset_labels_follow_the_warp():
     assert not torch.equal(dataset[4]["matrix"], item["matrix"])
     with pytest.raises(ValueError):
         KeypointPairDataset(samples, image_size=256, patch_size=100)
+
+
+def test_pair_dataset_shift_bound():
+    samples = phantom_samples(1, 256, seed=5)
+    centre = np.array([64, 64, 1.0])
+    shifts = {}
+    for max_shift in (0.1, 0.3):
+        dataset = KeypointPairDataset(samples, image_size=256, patch_size=128, patches_per_image=40, max_shift=max_shift)
+        moved = np.array([np.abs(dataset[i]["matrix"].double().numpy() @ centre - centre)[:2].max() for i in range(40)])
+        assert moved.max() <= max_shift * 128 + 1e-3  # the crop centre moves by the shift alone
+        shifts[max_shift] = moved.max()
+    assert shifts[0.3] > 0.1 * 128  # the larger bound is used, not ignored
+    with pytest.raises(MeddistillError, match="max_shift"):
+        KeypointPairDataset(samples, image_size=256, patch_size=128, max_shift=1.2)
 
 
 def _write_config(tmp_path, **train):
@@ -253,3 +268,7 @@ def test_glue_matcher_trains_on_a_frozen_detector_and_registers(trained_keypoint
     result = runner.invoke(app, ["register", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--matcher", "glue",
                                  "--matcher-weights", str(run / "best")])
     assert result.exit_code == 2 and "needs a learned keypoint method" in result.output
+    # without --matcher-weights: the glue shipped for the method, and none fits a user's own detector
+    result = runner.invoke(app, ["register", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--method", "retina-student",
+                                 "--weights", str(trained_keypoints / "best"), "--matcher", "glue"])
+    assert result.exit_code == 2 and "no shipped glue matcher fits these --weights" in result.output

@@ -147,13 +147,15 @@ RegistrationMethodOpt = Annotated[str, typer.Option(
     help="Keypoint method: sift, superpoint, superretina, superretina-lk, superretina-swin or retina-student.")]
 WeightsOpt = Annotated[Optional[str], typer.Option(help="Checkpoint for a learned method (default: its shipped weights).")]
 MatcherOpt = Annotated[Optional[str], typer.Option(help="Matcher: mnn or glue (default: the method's best).")]
-MatcherWeightsOpt = Annotated[Optional[str], typer.Option(help="Checkpoint of the glue matcher (default: its shipped weights).")]
+MatcherWeightsOpt = Annotated[Optional[str], typer.Option(
+    help="Checkpoint of the glue matcher (default: the shipped glue-METHOD, trained on that method's keypoints).")]
 TransformOpt = Annotated[str, typer.Option("--model", help="Transform: affine (3-point RANSAC + refit) or homography (MAGSAC++).")]
 
 
 def _keypoint_method(method: str, weights: str | None, matcher: str | None, matcher_weights: str | None):
     """The keypoint method and matcher a user named, built once (weights for learned ones only)."""
     from .registration import KEYPOINT_METHODS, MATCHERS
+    from .zoo import shipped_models
 
     if weights is not None and method == "sift":
         raise MeddistillError("--weights is for learned methods; sift has none")
@@ -161,6 +163,12 @@ def _keypoint_method(method: str, weights: str | None, matcher: str | None, matc
     matcher = matcher or detector.default_matcher
     if matcher_weights is not None and matcher != "glue":
         raise MeddistillError("--matcher-weights is for the glue matcher")
+    if matcher == "glue" and matcher_weights is None:
+        # a glue matcher learns one detector's keypoints and descriptors: the one shipped for this method
+        matcher_weights = f"glue-{method}"
+        if weights is not None or matcher_weights not in shipped_models():
+            fits = "these --weights" if weights is not None else f"method '{method}'"
+            raise MeddistillError(f"no shipped glue matcher fits {fits}; pass a checkpoint with --matcher-weights")
     return detector, MATCHERS.get(matcher)(**({"weights": matcher_weights} if matcher_weights else {}))
 
 

@@ -44,13 +44,18 @@ class MatchingTask(Task):
 
     Args: ``detector`` (checkpoint of a retinal-keypoints network, required), ``image_size``
     (768), ``nms_radius`` (4 px on the training crops), ``threshold`` (0.01), ``max_keypoints``
-    per crop (512), ``match_radius`` (3 px), ``unmatched_radius`` (5 px).
+    per crop (512), ``match_radius`` (3 px), ``unmatched_radius`` (5 px), ``max_shift`` of the
+    training warps per axis (0.3 of the crop side). The matcher encodes keypoint positions, so it
+    must see shifts as large as those of the pairs it will match: FIRE's P pairs move by up to
+    30 % of the photo, and a matcher trained on the keypoint task's 10 % learns to expect small
+    motion and fails them.
     """
 
     name = "keypoint-matching"
 
     def __init__(self, detector: str | None = None, image_size: int = 768, nms_radius: int = 4, threshold: float = 0.01,
-                 max_keypoints: int = 512, match_radius: float = 3.0, unmatched_radius: float = 5.0) -> None:
+                 max_keypoints: int = 512, match_radius: float = 3.0, unmatched_radius: float = 5.0,
+                 max_shift: float = 0.3) -> None:
         super().__init__()
         if detector is None:
             raise MeddistillError("the keypoint-matching task needs task.args.detector: a trained keypoint checkpoint")
@@ -62,7 +67,7 @@ class MatchingTask(Task):
         # validation registers pairs as `register` will: at the detector's calibrated threshold
         self.detection_threshold = meta.get("detection_threshold", 0.01)
         self.image_size, self.nms_radius, self.threshold, self.max_keypoints = image_size, nms_radius, threshold, max_keypoints
-        self.match_radius, self.unmatched_radius = match_radius, unmatched_radius
+        self.match_radius, self.unmatched_radius, self.max_shift = match_radius, unmatched_radius, max_shift
         self._features: list[tuple[dict, dict]] = []
 
     def train(self, mode: bool = True) -> "MatchingTask":
@@ -90,7 +95,7 @@ class MatchingTask(Task):
         return {"assignment": torch.stack(terms).mean() if terms else sum(o.sum() for o in output) * 0.0}
 
     def build_data(self, data: DataConfig, seed: int) -> TaskData:
-        task_data = pair_task_data(data, seed, self.image_size)
+        task_data = pair_task_data(data, seed, self.image_size, self.max_shift)
         task_data.meta["detector"] = self.detector_name
         return task_data
 

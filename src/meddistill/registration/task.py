@@ -86,12 +86,15 @@ class KeypointPairDataset(Dataset):
     randomly warped, re-looked copy. Items: ``image``, ``warped``, ``label`` (binary keypoint
     map of ``image``), ``matrix`` ``(3, 3)`` taking ``image`` pixels to ``warped`` pixels, and
     ``photo``, ``origin`` (x0, y0) and ``epoch``, which place the crop for keypoint expansion.
+    ``max_shift`` bounds the warp's shift along each axis, as a fraction of the crop side.
     """
 
     def __init__(self, samples: list, image_size: int = 768, patch_size: int = 256, patches_per_image: int = 8,
-                 seed: int = 0) -> None:
+                 seed: int = 0, max_shift: float = 0.1) -> None:
         if patch_size > image_size or patch_size % 32:
             raise ValueError(f"patch_size must be a multiple of 32 and at most image_size ({image_size}), got {patch_size}")
+        if not 0 <= max_shift < 1:
+            raise MeddistillError(f"max_shift must be in [0, 1) of the crop side, got {max_shift}")
         self.images, self.labels, self.fovs = [], [], []
         for sample in samples:
             height, width = sample.vessels.shape
@@ -100,6 +103,7 @@ class KeypointPairDataset(Dataset):
             self.labels.append(vessel_junctions(sample.vessels) * scale)
             self.fovs.append(cv2.resize(sample.fov.astype(np.uint8), (image_size, image_size), interpolation=cv2.INTER_NEAREST) > 0)
         self.patch_size, self.patches_per_image, self.seed, self.epoch = patch_size, patches_per_image, seed, 0
+        self.max_shift = max_shift
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -121,7 +125,7 @@ class KeypointPairDataset(Dataset):
         pick = rng.integers(len(xs)) if len(xs) else None
         x0, y0 = (int(xs[pick]), int(ys[pick])) if pick is not None else (0, 0)
         crop = image[y0:y0 + p, x0:x0 + p]
-        matrix = random_affine(p, rng)
+        matrix = random_affine(p, rng, max_shift=self.max_shift)
         to_crop = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64)
         warped = cv2.warpAffine(image, (matrix @ to_crop)[:2], (p, p), flags=cv2.INTER_LINEAR, borderValue=0)
         as_tensor = lambda a: torch.from_numpy(a.astype(np.float32) / 255)[None]  # noqa: E731
@@ -326,12 +330,13 @@ class KeypointTask(Task):
         return fire_validation(detector, MutualNearest(), validation, self.image_size)
 
 
-def pair_task_data(data: DataConfig, seed: int, image_size: int) -> TaskData:
-    """Training pairs from the training photos; synthetic S and P pairs of the held-out ones."""
+def pair_task_data(data: DataConfig, seed: int, image_size: int, max_shift: float = 0.1) -> TaskData:
+    """Training pairs from the training photos (warps shifted by up to ``max_shift`` of the crop
+    side); synthetic S and P pairs of the held-out ones."""
     from ..builders import build_samples
 
     train, held_out = build_samples(data, seed)
-    dataset = KeypointPairDataset(train, image_size, data.patch_size, data.patches_per_image, seed)
+    dataset = KeypointPairDataset(train, image_size, data.patch_size, data.patches_per_image, seed, max_shift)
     rng = np.random.default_rng(seed)
     validation = []
     for k, sample in enumerate(held_out):
