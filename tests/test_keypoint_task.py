@@ -127,6 +127,8 @@ def test_learned_method_errors_are_one_line(trained_keypoints, tmp_path, monkeyp
     assert result.exit_code == 2 and "no weights for method 'superretina-lk'" in result.output
     result = runner.invoke(app, ["register", *pair, "--method", "sift", "--weights", "x"])
     assert result.exit_code == 2 and "--weights is for learned methods" in result.output
+    result = runner.invoke(app, ["register", *pair, "--method", "superpoint", "--matcher", "glue"])
+    assert result.exit_code == 2 and "no shipped glue matcher fits method 'superpoint'" in result.output
     result = runner.invoke(app, ["segment", str(tmp_path / "a.png"), "--model", str(trained_keypoints / "best"),
                                  "--out", str(tmp_path / "seg")])
     assert result.exit_code == 2 and "not a vessel-segmentation one" in result.output

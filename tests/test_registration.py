@@ -5,6 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -12,6 +13,7 @@ from meddistill.cli import app
 from meddistill.data import make_fundus_phantom
 from meddistill.errors import MeddistillError
 from meddistill.registration import (
+    MATCHERS,
     FirePair,
     category_auc,
     estimate_transform,
@@ -101,12 +103,12 @@ def test_mutual_nearest_matching_by_hand():
     assert match_mutual_nearest(a, b[:0]).shape == (0, 2)
 
 
-def _registration_error(photo, method, size):
+def _registration_error(photo, method, size, matcher=None):
     """Largest error (px) of ``method`` on ``photo`` and a rotated, scaled and shifted copy."""
     truth = np.vstack([cv2.getRotationMatrix2D((192, 192), 6, 1.04), [0, 0, 1]])
     truth[:2, 2] += (9, -6)
     moving = cv2.warpAffine(photo, truth[:2], (384, 384))
-    result = register_images(photo, moving, method, size=size)
+    result = register_images(photo, moving, method, matcher, size=size)
     assert result.status == "ok", result.reason
     points = np.array([[150.0, 150.0], [250.0, 200.0], [180.0, 260.0]])
     moved = points @ truth[:2, :2].T + truth[:2, 2]
@@ -125,6 +127,12 @@ def test_sift_recovers_a_known_affine_and_refuses_a_blank(photo):
 @pytest.mark.parametrize("method", ["retina-student", "superpoint", "superretina", "superretina-lk", "superretina-swin"])
 def test_shipped_keypoint_networks_recover_a_known_affine(photo, method):
     assert _registration_error(photo, method, 768) < 2.0  # px at 384², from keypoints found at 768²
+
+
+def test_shipped_glue_matcher_recovers_a_known_affine(photo):
+    glue = MATCHERS.get("glue")(weights="glue-retina-student")  # stored as float16, loaded as float32
+    assert next(glue.network.parameters()).dtype == torch.float32
+    assert _registration_error(photo, "retina-student", 768, glue) < 2.0
 
 
 def test_synthetic_fire_benchmark_scores_sift(photo, tmp_path):
