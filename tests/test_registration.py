@@ -13,8 +13,8 @@ from meddistill.cli import app
 from meddistill.data import make_fundus_phantom
 from meddistill.errors import MeddistillError
 from meddistill.registration import (
-    MATCHERS,
     FirePair,
+    build_matcher,
     category_auc,
     estimate_transform,
     load_fire,
@@ -130,9 +130,14 @@ def test_shipped_keypoint_networks_recover_a_known_affine(photo, method):
 
 
 def test_shipped_glue_matcher_recovers_a_known_affine(photo):
-    glue = MATCHERS.get("glue")(weights="glue-retina-student")  # stored as float16, loaded as float32
-    assert next(glue.network.parameters()).dtype == torch.float32
+    glue = build_matcher("glue", "retina-student")  # the shipped glue-retina-student
+    assert next(glue.network.parameters()).dtype == torch.float32  # stored as float16
     assert _registration_error(photo, "retina-student", 768, glue) < 2.0
+    assert _registration_error(photo, "retina-student", 768, "glue") < 2.0  # by name, for the named method
+    with pytest.raises(MeddistillError, match="no shipped glue matcher fits method 'superpoint'"):
+        register_images(photo, photo, "superpoint", "glue")
+    with pytest.raises(MeddistillError, match="is for the glue matcher"):
+        build_matcher("mnn", weights="glue-retina-student")
 
 
 def test_synthetic_fire_benchmark_scores_sift(photo, tmp_path):

@@ -154,22 +154,13 @@ TransformOpt = Annotated[str, typer.Option("--model", help="Transform: affine (3
 
 def _keypoint_method(method: str, weights: str | None, matcher: str | None, matcher_weights: str | None):
     """The keypoint method and matcher a user named, built once (weights for learned ones only)."""
-    from .registration import KEYPOINT_METHODS, MATCHERS
-    from .zoo import shipped_models
+    from .registration import KEYPOINT_METHODS, build_matcher
 
     if weights is not None and method == "sift":
         raise MeddistillError("--weights is for learned methods; sift has none")
     detector = KEYPOINT_METHODS.get(method)(**({"weights": weights} if weights else {}))
-    matcher = matcher or detector.default_matcher
-    if matcher_weights is not None and matcher != "glue":
-        raise MeddistillError("--matcher-weights is for the glue matcher")
-    if matcher == "glue" and matcher_weights is None:
-        # a glue matcher learns one detector's keypoints and descriptors: the one shipped for this method
-        matcher_weights = f"glue-{method}"
-        if weights is not None or matcher_weights not in shipped_models():
-            fits = "these --weights" if weights is not None else f"method '{method}'"
-            raise MeddistillError(f"no shipped glue matcher fits {fits}; pass a checkpoint with --matcher-weights")
-    return detector, MATCHERS.get(matcher)(**({"weights": matcher_weights} if matcher_weights else {}))
+    # with --weights the detector is the user's own, and no shipped matcher learnt its features
+    return detector, build_matcher(matcher or detector.default_matcher, None if weights else method, matcher_weights)
 
 
 @evaluate_app.command("fire")

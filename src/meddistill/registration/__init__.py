@@ -1,6 +1,15 @@
 """Retinal image registration: keypoints, matching, robust transforms, FIRE protocol."""
 
-from .features import KEYPOINT_METHODS, MATCHERS, Features, GlueMatching, LearnedKeypoints, MutualNearest, match_mutual_nearest
+from .features import (
+    KEYPOINT_METHODS,
+    MATCHERS,
+    Features,
+    GlueMatching,
+    LearnedKeypoints,
+    MutualNearest,
+    build_matcher,
+    match_mutual_nearest,
+)
 from .fire import FirePair, PairOutcome, category_auc, load_fire, map_points, score_pair, summarize
 from .geometry import Estimate, estimate_transform, plausible
 from .pipeline import RegistrationResult, register_images, warp_to_fixed
@@ -22,6 +31,7 @@ __all__ = [
     "MatchingTask",
     "PairOutcome",
     "RegistrationResult",
+    "build_matcher",
     "category_auc",
     "estimate_transform",
     "load_fire",

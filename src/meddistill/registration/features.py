@@ -140,7 +140,7 @@ class GlueMatching:
         from ..zoo import load_model
 
         if weights is None:
-            raise MeddistillError("no weights for the glue matcher are shipped yet; pass a checkpoint with --matcher-weights")
+            raise MeddistillError("the glue matcher needs weights: a checkpoint, or a shipped glue-<method>")
         return cls(load_model(weights, task="keypoint-matching")[0], **kwargs)
 
     @torch.inference_mode()
@@ -158,6 +158,22 @@ class GlueMatching:
 
 
 MATCHERS.register("glue")(GlueMatching.from_checkpoint)
+
+
+def build_matcher(name: str, method: str | None = None, weights: str | None = None):
+    """The matcher ``name``. The glue matcher loads ``weights``, or else the one shipped for the
+    keypoint method ``method`` (``glue-<method>``), since it learns one detector's keypoints and
+    descriptors; ``method`` None stands for a detector of the user's own."""
+    if weights is not None and name != "glue":
+        raise MeddistillError("--matcher-weights is for the glue matcher")
+    if name == "glue" and weights is None:
+        from ..zoo import shipped_models
+
+        if method is None or f"glue-{method}" not in shipped_models():
+            fits = f"method '{method}'" if method else "this detector"
+            raise MeddistillError(f"no shipped glue matcher fits {fits}; pass a checkpoint with --matcher-weights")
+        weights = f"glue-{method}"
+    return MATCHERS.get(name)(**({"weights": weights} if weights else {}))
 
 
 def match_mutual_nearest(a: np.ndarray, b: np.ndarray, ratio: float = 0.9) -> np.ndarray:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from ..errors import MeddistillError
-from .features import KEYPOINT_METHODS, MATCHERS, Features
+from .features import KEYPOINT_METHODS, Features, build_matcher
 from .geometry import estimate_transform, plausible
 from .preprocess import preprocess_fundus, resize_matrix
 
@@ -60,7 +60,7 @@ def register_images(
     """Register ``moving`` onto ``fixed`` (both ``(H, W, 3)`` uint8, any sizes).
 
     ``method`` and ``matcher`` are registered names or built ones (build them once to register
-    many pairs); the default matcher is the method's. Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`; the transform is
+    many pairs); the default matcher is the method's, and ``"glue"`` is the one shipped for ``method``. Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`; the transform is
     estimated there and converted to original pixels. The result is ``failed`` (with a reason)
     when fewer than ``min_inliers`` matches, or fewer than ``min_inlier_ratio`` of them, agree,
     or when the transform is implausible (a reflection or an extreme scale).
@@ -68,7 +68,8 @@ def register_images(
     _check_pair(fixed, moving)
     detector = KEYPOINT_METHODS.build(method) if isinstance(method, str) else method
     matcher = matcher or detector.default_matcher
-    matcher = MATCHERS.build(matcher) if isinstance(matcher, str) else matcher
+    if isinstance(matcher, str):
+        matcher = build_matcher(matcher, method if isinstance(method, str) else None)
     started = time.perf_counter()
     features = [detector(preprocess_fundus(image, size)) for image in (fixed, moving)]
     pairs = matcher(features[0], features[1])
