@@ -160,7 +160,7 @@ class GlueMatching:
 MATCHERS.register("glue")(GlueMatching.from_checkpoint)
 
 
-def build_matcher(name: str, method: str | None = None, weights: str | None = None):
+def build_matcher(name: str, method: str | None = None, weights: str | None = None) -> MutualNearest | GlueMatching:
     """The matcher ``name``. The glue matcher loads ``weights``, or else the one shipped for the
     keypoint method ``method`` (``glue-<method>``), since it learns one detector's keypoints and
     descriptors; ``method`` None stands for a detector of the user's own."""
