@@ -13,6 +13,7 @@ from meddistill.registration.keypoints import (
     gaussian_kernel,
     heatmap_peaks,
     keypoint_map,
+    refine_peaks,
     sample_descriptors,
     smooth_labels,
     vessel_junctions,
@@ -79,6 +80,29 @@ def test_heatmap_peaks_keep_one_peak_of_a_plateau():
     points, scores = heatmap_peaks(heat, radius=3, threshold=0.5, border=0)
     assert points.tolist() == [[10.0, 10.0], [30.0, 10.0]]  # first in raster order wins the tie
     assert scores.tolist() == [1.0, 1.0]
+
+
+def test_refine_peaks_finds_a_gaussian_blob_between_pixels():
+    ys, xs = torch.meshgrid(torch.arange(40.0), torch.arange(48.0), indexing="ij")
+    centres = [(10.3, 7.8), (30.0, 20.0), (14.45, 30.5)]  # (x, y), the last exactly between two rows
+    heat = sum(torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * 2.0**2)) for cx, cy in centres)
+    points, _ = heatmap_peaks(heat, radius=3, threshold=0.1, border=2)
+    refined = refine_peaks(heat, points)
+    # the blobs are 7+ sigma apart, so each log-parabola is exact to float precision
+    found = sorted(map(tuple, refined.tolist()))
+    assert np.allclose(found, sorted(centres), atol=2e-3)
+    assert np.abs(refined - points).max() <= 0.5
+
+
+def test_refine_peaks_leaves_flat_axes_and_empty_input_alone():
+    heat = torch.zeros(12, 12)
+    heat[5, 4:7] = 1.0  # flat along x: saturated
+    heat[4, 5], heat[6, 5] = 0.2, 0.6  # skewed along y: the vertex moves down
+    refined = refine_peaks(heat, torch.tensor([[5.0, 5.0]]))
+    dy = 0.5 * (math.log(0.2) - math.log(0.6)) / (math.log(0.2) - 2 * math.log(1.0) + math.log(0.6))
+    assert refined[0, 0] == 5.0
+    assert refined[0, 1].item() == pytest.approx(5.0 + dy) and 0 < dy < 0.5
+    assert refine_peaks(heat, torch.zeros(0, 2)).shape == (0, 2)
 
 
 def test_sample_descriptors_interpolates_and_normalises():

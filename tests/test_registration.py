@@ -13,11 +13,13 @@ from meddistill.cli import app
 from meddistill.data import make_fundus_phantom
 from meddistill.errors import MeddistillError
 from meddistill.registration import (
+    Features,
     FirePair,
     build_matcher,
     category_auc,
     estimate_transform,
     load_fire,
+    match_guided,
     match_mutual_nearest,
     plausible,
     register_images,
@@ -103,6 +105,30 @@ def test_mutual_nearest_matching_by_hand():
     assert match_mutual_nearest(a, b[:0]).shape == (0, 2)
 
 
+def test_guided_matching_by_hand():
+    # Three keypoints a side, 10 px apart; the moving ones are the fixed ones shifted by (+30, 0).
+    fixed = Features(np.array([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]], np.float32),
+                     np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]], np.float32))
+    moving = Features(fixed.keypoints + np.float32([30, 0]), np.array([[1.0, 0.1], [0.0, 1.0], [1.0, 0.0]], np.float32))
+    shift_back = np.array([[1.0, 0, -30], [0, 1, 0], [0, 0, 1]])
+    # Ungated, descriptors pair 0 with 2 and 2 with 0; within 4 px of the transform only the
+    # true partners are candidates, and each keeps its nearest descriptor.
+    assert match_mutual_nearest(fixed.descriptors, moving.descriptors, ratio=1.0).tolist() == [[0, 2], [1, 1], [2, 0]]
+    assert match_guided(fixed, moving, shift_back, radius=4).tolist() == [[0, 0], [1, 1], [2, 2]]
+    assert match_guided(fixed, moving, np.eye(3), radius=4).shape == (0, 2)  # nothing within reach
+    assert match_guided(fixed, Features(moving.keypoints[:0], moving.descriptors[:0]), shift_back).shape == (0, 2)
+
+
+def test_guided_refinement_adds_inliers_and_can_be_skipped(photo):
+    truth = np.vstack([cv2.getRotationMatrix2D((192, 192), 6, 1.04), [0, 0, 1]])
+    moving = cv2.warpAffine(photo, truth[:2], (384, 384))
+    plain = register_images(photo, moving, "sift", size=384, guided_radius=0)
+    guided = register_images(photo, moving, "sift", size=384)
+    assert plain.status == guided.status == "ok"
+    assert guided.inliers > plain.inliers
+    assert len(guided.fixed_points) == guided.matches == len(guided.inlier_mask)
+
+
 def _registration_error(photo, method, size, matcher=None):
     """Largest error (px) of ``method`` on ``photo`` and a rotated, scaled and shifted copy."""
     truth = np.vstack([cv2.getRotationMatrix2D((192, 192), 6, 1.04), [0, 0, 1]])
@@ -149,6 +175,17 @@ def test_synthetic_fire_benchmark_scores_sift(photo, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "fire.json").read_text())["summary"]
     assert summary["pairs"] == 3 and 0 <= summary["mauc"] <= 1
+
+
+def test_synthetic_fire_benchmark_repeats_number_on(photo, tmp_path):
+    once = write_fire_benchmark({"a": photo, "b": photo[:, ::-1].copy()}, tmp_path / "once", seed=3)
+    twice = write_fire_benchmark({"a": photo, "b": photo[:, ::-1].copy()}, tmp_path / "twice", seed=3, repeats=2)
+    assert twice == once + ["S03", "P03", "A03", "S04", "P04", "A04"]
+    first = (tmp_path / "once" / "Ground Truth" / "control_points_P02_1_2.txt").read_text()
+    assert (tmp_path / "twice" / "Ground Truth" / "control_points_P02_1_2.txt").read_text() == first
+    assert (tmp_path / "twice" / "Ground Truth" / "control_points_P04_1_2.txt").read_text() != first
+    with pytest.raises(MeddistillError, match="repeats"):
+        write_fire_benchmark({"a": photo}, tmp_path, repeats=0)
 
 
 def test_fire_frame_pads_to_a_centred_square():

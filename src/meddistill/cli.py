@@ -280,13 +280,14 @@ def fire_benchmark(
         int, typer.Option(help="Side of the square frame each photo is put in, in px: FIRE's 2912 makes errors "
                           "as strict as FIRE's; 0 keeps each photo's own size.")
     ] = 2912,
+    repeats: Annotated[int, typer.Option(help="Pairs per photo and category, each with its own transforms.")] = 1,
 ) -> None:
     """Write a FIRE-layout benchmark (S, P and A pairs per photo, known transforms) for `evaluate fire`."""
     from .data import read_rgb
     from .registration.synthetic import write_fire_benchmark
 
     photos = {path.stem: read_rgb(path) for path in _expand_image_paths(images)}
-    names = write_fire_benchmark(photos, out, seed, size=size or None)
+    names = write_fire_benchmark(photos, out, seed, size=size or None, repeats=repeats)
     console.print(f"{len(names)} pairs written to {out}")
 
 

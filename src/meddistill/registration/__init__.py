@@ -8,6 +8,7 @@ from .features import (
     LearnedKeypoints,
     MutualNearest,
     build_matcher,
+    match_guided,
     match_mutual_nearest,
 )
 from .fire import FirePair, PairOutcome, category_auc, load_fire, map_points, score_pair, summarize
@@ -37,6 +38,7 @@ __all__ = [
     "load_fire",
     "map_points",
     "match_ground_truth",
+    "match_guided",
     "match_mutual_nearest",
     "plausible",
     "preprocess_fundus",

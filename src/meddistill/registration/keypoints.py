@@ -108,6 +108,35 @@ def _break_ties(
     return order.new_tensor(keep, dtype=torch.long)
 
 
+def refine_peaks(heatmap: Tensor, points: Tensor) -> Tensor:
+    """Sub-pixel keypoints: integer peaks ``(N, 2)`` (x, y) of ``heatmap`` ``(H, W)``, each moved
+    to the vertex of a parabola through the log-heatmap at the peak and its two neighbours, per
+    axis.
+
+    The fit is exact for a Gaussian blob, the shape SuperRetina's smoothed labels teach, and the
+    vertex of a peak stays within half a pixel of it. Without it a keypoint found at 768 px is
+    up to half a pixel, 1.9 px of a 2912-px FIRE photo, from where the heatmap puts it. A flat
+    axis (a saturated heatmap) leaves the coordinate as it is. OpenCV refines SIFT's extrema the
+    same way, but only inside its own detector, hence this function.
+    """
+    if len(points) == 0:
+        return points
+    height, width = heatmap.shape
+    log = heatmap.float().clamp_min(1e-6).log()
+    x, y = points[:, 0].long(), points[:, 1].long()
+    centre = log[y, x]
+
+    def vertex(minus: Tensor, plus: Tensor) -> Tensor:
+        curvature = minus - 2 * centre + plus
+        peaked = curvature < -1e-6
+        offset = 0.5 * (minus - plus) / torch.where(peaked, curvature, -1.0)
+        return torch.where(peaked, offset, 0.0).clamp(-0.5, 0.5)
+
+    dx = vertex(log[y, (x - 1).clamp_min(0)], log[y, (x + 1).clamp_max(width - 1)])
+    dy = vertex(log[(y - 1).clamp_min(0), x], log[(y + 1).clamp_max(height - 1), x])
+    return points + torch.stack([dx, dy], dim=1).to(points)
+
+
 def sample_descriptors(descriptors: Tensor, keypoints: Tensor, image_size: tuple[int, int]) -> Tensor:
     """Descriptors ``(N, D)`` (unit length) at keypoints ``(N, 2)`` (x, y) of an image of
     ``image_size`` (H, W) pixels, bilinearly interpolated from a coarse map ``(D, h, w)``."""
@@ -122,11 +151,13 @@ def sample_descriptors(descriptors: Tensor, keypoints: Tensor, image_size: tuple
 
 def read_keypoints(
     heatmap: Tensor, descriptors: Tensor, radius: int = 10, threshold: float = 0.01, border: int = 4,
-    max_keypoints: int | None = None,
+    max_keypoints: int | None = None, subpixel: bool = True,
 ) -> dict:
     """One image's keypoints from a network's output: ``heatmap`` ``(H, W)``, ``descriptors``
     ``(D, h, w)`` → dict of ``keypoints`` (N, 2) (x, y), ``scores`` (N,), ``descriptors`` (N, D)
-    and ``size`` (H, W), what the matchers take."""
+    and ``size`` (H, W), what the matchers take. ``subpixel`` refines the peaks (`refine_peaks`)."""
     size = tuple(heatmap.shape)
     points, scores = heatmap_peaks(heatmap, radius, threshold, border, max_keypoints)
+    if subpixel:
+        points = refine_peaks(heatmap, points)
     return {"keypoints": points, "scores": scores, "descriptors": sample_descriptors(descriptors, points, size), "size": size}

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 
 from ..errors import MeddistillError
-from .features import KEYPOINT_METHODS, Features, build_matcher
-from .geometry import estimate_transform, plausible
+from .features import KEYPOINT_METHODS, Features, build_matcher, match_guided
+from .geometry import Estimate, estimate_transform, plausible
 from .preprocess import preprocess_fundus, resize_matrix
 
 @dataclass
@@ -56,14 +56,20 @@ def register_images(
     size: int = 768,
     min_inliers: int = 10,
     min_inlier_ratio: float = 0.2,
+    threshold_px: float = 10.0,
+    guided_radius: float = 12.0,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (both ``(H, W, 3)`` uint8, any sizes).
 
     ``method`` and ``matcher`` are registered names or built ones (build them once to register
-    many pairs); the default matcher is the method's, and ``"glue"`` is the one shipped for ``method``. Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`; the transform is
-    estimated there and converted to original pixels. The result is ``failed`` (with a reason)
-    when fewer than ``min_inliers`` matches, or fewer than ``min_inlier_ratio`` of them, agree,
-    or when the transform is implausible (a reflection or an extreme scale).
+    many pairs); the default matcher is the method's, and ``"glue"`` is the one shipped for
+    ``method``. Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`; the
+    transform is estimated there (inliers within ``threshold_px`` px at ``size``) and converted to original
+    pixels. The result is ``failed`` (with a reason) when fewer than ``min_inliers`` matches, or
+    fewer than ``min_inlier_ratio`` of them, agree, or when the transform is implausible (a
+    reflection or an extreme scale). An accepted transform is then refined once by guided
+    matching (:func:`match_guided`, ``guided_radius`` px at ``size``; 0 skips it), and the
+    reported matches and inliers are the refined fit's.
     """
     _check_pair(fixed, moving)
     detector = KEYPOINT_METHODS.build(method) if isinstance(method, str) else method
@@ -73,11 +79,17 @@ def register_images(
     started = time.perf_counter()
     features = [detector(preprocess_fundus(image, size)) for image in (fixed, moving)]
     pairs = matcher(features[0], features[1])
+    estimate = _estimate(features, pairs, model, threshold_px)
+    inliers = int(estimate.inliers.sum())
+    evident = inliers >= min_inliers and inliers >= min_inlier_ratio * len(pairs)
+    if estimate.matrix is not None and evident and plausible(estimate.matrix) and guided_radius > 0:
+        guided = match_guided(features[0], features[1], estimate.matrix, guided_radius)
+        refined = _estimate(features, guided, model, threshold_px)
+        if refined.matrix is not None and plausible(refined.matrix) and refined.inliers.sum() >= inliers:
+            pairs, estimate, inliers = guided, refined, int(refined.inliers.sum())
     fixed_pts = features[0].keypoints[pairs[:, 0]]
     moving_pts = features[1].keypoints[pairs[:, 1]]
-    estimate = estimate_transform(moving_pts, fixed_pts, model)
     to_fixed, to_moving = resize_matrix(fixed.shape, size), resize_matrix(moving.shape, size)
-    inliers = int(estimate.inliers.sum())
     seconds = time.perf_counter() - started
     original = lambda points, scale: (points / np.diag(scale)[:2]) if len(points) else points  # noqa: E731
     result = RegistrationResult(
@@ -87,7 +99,7 @@ def register_images(
     )
     if estimate.matrix is None:
         result.reason = "no transform fits the matches"
-    elif inliers < min_inliers or inliers < min_inlier_ratio * len(pairs):
+    elif not evident:
         result.reason = f"too little evidence (at least {min_inliers} and {min_inlier_ratio:.0%} of the matches must agree)"
     elif not plausible(estimate.matrix):
         result.reason = "implausible transform (reflection, extreme scale or perspective)"
@@ -95,6 +107,11 @@ def register_images(
         result.status = "ok"
         result.transform = np.linalg.inv(to_fixed) @ estimate.matrix @ to_moving
     return result
+
+
+def _estimate(features: list[Features], pairs: np.ndarray, model: str, threshold_px: float) -> Estimate:
+    """The robust fit of ``model`` to the matched keypoints, moving → fixed."""
+    return estimate_transform(features[1].keypoints[pairs[:, 1]], features[0].keypoints[pairs[:, 0]], model, threshold_px)
 
 
 def warp_to_fixed(moving: np.ndarray, transform: np.ndarray, fixed_shape: tuple[int, ...]) -> np.ndarray:

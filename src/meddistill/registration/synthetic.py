@@ -133,24 +133,29 @@ def fire_frame(photo: np.ndarray, size: int) -> np.ndarray:
 
 
 def write_fire_benchmark(
-    photos: dict[str, np.ndarray], out: str | Path, seed: int = 0, points_per_pair: int = 10, size: int | None = None
+    photos: dict[str, np.ndarray], out: str | Path, seed: int = 0, points_per_pair: int = 10, size: int | None = None,
+    repeats: int = 1,
 ) -> list[str]:
     """Write ``Images/`` and ``Ground Truth/`` for ``photos`` (name → RGB uint8); returns pair names.
-    With ``size`` each photo is first put in a ``size``×``size`` frame (:func:`fire_frame`)."""
+    With ``size`` each photo is first put in a ``size``×``size`` frame (:func:`fire_frame`).
+    ``repeats`` > 1 gives each photo more pairs per category, repeat ``r`` drawn with seed
+    ``seed + r`` and numbered after the previous repeat's (a few photos make a larger benchmark)."""
+    if repeats < 1:
+        raise MeddistillError(f"repeats must be at least 1, got {repeats}")
     out = Path(out)
     (out / "Images").mkdir(parents=True, exist_ok=True)
     (out / "Ground Truth").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    framed = [fire_frame(photo, size) if size else photo for _, photo in sorted(photos.items())]
     names = []
-    for index, (_, photo) in enumerate(sorted(photos.items())):
-        if size:
-            photo = fire_frame(photo, size)
-        for category in ("S", "P", "A"):
-            name = f"{category}{index + 1:02d}"
-            query, points = synthetic_pair(photo, category, rng, points_per_pair)
-            for k, image in ((1, photo), (2, query)):
-                cv2.imwrite(str(out / "Images" / f"{name}_{k}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, 95])
-            np.savetxt(out / "Ground Truth" / f"control_points_{name}_1_2.txt", points, fmt="%.3f")
-            names.append(name)
+    for repeat in range(repeats):
+        rng = np.random.default_rng(seed + repeat)
+        for index, photo in enumerate(framed, start=repeat * len(framed) + 1):
+            for category in ("S", "P", "A"):
+                name = f"{category}{index:02d}"
+                query, points = synthetic_pair(photo, category, rng, points_per_pair)
+                for k, image in ((1, photo), (2, query)):
+                    cv2.imwrite(str(out / "Images" / f"{name}_{k}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_JPEG_QUALITY, 95])
+                np.savetxt(out / "Ground Truth" / f"control_points_{name}_1_2.txt", points, fmt="%.3f")
+                names.append(name)
     return names
