@@ -64,12 +64,12 @@ def register_images(
     ``method`` and ``matcher`` are registered names or built ones (build them once to register
     many pairs); the default matcher is the method's, and ``"glue"`` is the one shipped for
     ``method``. Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`; the
-    transform is estimated there (inliers within ``threshold_px`` px at ``size``) and converted to original
-    pixels. The result is ``failed`` (with a reason) when fewer than ``min_inliers`` matches, or
-    fewer than ``min_inlier_ratio`` of them, agree, or when the transform is implausible (a
-    reflection or an extreme scale). An accepted transform is then refined once by guided
-    matching (:func:`match_guided`, ``guided_radius`` px at ``size``; 0 skips it), and the
-    reported matches and inliers are the refined fit's.
+    transform is estimated there (inliers within ``threshold_px`` px at ``size``) and converted
+    to original pixels. The result is ``failed`` (with a reason) when fewer than
+    ``min_inliers`` matches, or fewer than ``min_inlier_ratio`` of them, agree, or when the
+    transform is implausible (a reflection or an extreme scale). An accepted transform is then
+    refined once by guided matching (:func:`match_guided`, ``guided_radius`` px at ``size``; 0
+    skips it), and the reported matches and inliers are the refined fit's.
     """
     _check_pair(fixed, moving)
     detector = KEYPOINT_METHODS.build(method) if isinstance(method, str) else method
