@@ -29,9 +29,12 @@ from .pipeline import register_images
 from .preprocess import preprocess_fundus
 from .synthetic import synthetic_pair
 
+# The keypoint task's warps shift a crop by up to this fraction of its side, per axis.
+MAX_SHIFT = 0.1
+
 
 def random_affine(size: int, rng: np.random.Generator, max_angle: float = 20.0, max_log_scale: float = 0.15,
-                  max_shear: float = 0.1, max_shift: float = 0.1) -> np.ndarray:
+                  max_shear: float = 0.1, max_shift: float = MAX_SHIFT) -> np.ndarray:
     """3×3 affine about the centre of a ``size``-px square: rotation, scale, shear, shift."""
     angle = np.deg2rad(rng.uniform(-max_angle, max_angle))
     scale = np.exp(rng.uniform(-max_log_scale, max_log_scale))
@@ -90,7 +93,7 @@ class KeypointPairDataset(Dataset):
     """
 
     def __init__(self, samples: list, image_size: int = 768, patch_size: int = 256, patches_per_image: int = 8,
-                 seed: int = 0, max_shift: float = 0.1) -> None:
+                 seed: int = 0, max_shift: float = MAX_SHIFT) -> None:
         if patch_size > image_size or patch_size % 32:
             raise ValueError(f"patch_size must be a multiple of 32 and at most image_size ({image_size}), got {patch_size}")
         if not 0 <= max_shift < 1:
@@ -330,7 +333,7 @@ class KeypointTask(Task):
         return fire_validation(detector, MutualNearest(), validation, self.image_size)
 
 
-def pair_task_data(data: DataConfig, seed: int, image_size: int, max_shift: float = 0.1) -> TaskData:
+def pair_task_data(data: DataConfig, seed: int, image_size: int, max_shift: float = MAX_SHIFT) -> TaskData:
     """Training pairs from the training photos (warps shifted by up to ``max_shift`` of the crop
     side); synthetic S and P pairs of the held-out ones."""
     from ..builders import build_samples
