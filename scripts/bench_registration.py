@@ -11,7 +11,7 @@ estimation) with ``--threads`` torch/OpenCV threads, and for networks their para
 GFLOPs and peak memory at 1×1×768×768. The methods take turns pair by pair, so a busy machine
 slows them alike; absolute times still want an otherwise idle machine.
 
-``--threshold-px``, ``--guided-radius`` and ``--no-subpixel`` change the pipeline for every
+``--threshold-px``, ``--guided-radius``, ``--fov-margin`` and ``--no-subpixel`` change the pipeline for every
 method (the defaults are `register_images`'s), for ablations. ``--ceiling`` adds the row of
 the model fitted by least squares to each pair's own control points: the best any method
 could score with that model on this benchmark.
@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threshold-px", type=float, default=10.0, help="inlier threshold, px at 768")
     parser.add_argument("--guided-radius", type=float, default=12.0, help="px at 768; 0: no guided matching")
+    parser.add_argument("--fov-margin", type=float, default=8.0,
+                        help="px at 768; keypoints nearer the field of view's edge are dropped; negative: none are")
     parser.add_argument("--no-subpixel", dest="subpixel", action="store_false", help="integer keypoints (networks)")
     parser.add_argument("--ceiling", action="store_true", help="add the ground-truth fit's row")
     args = parser.parse_args()
@@ -59,7 +61,8 @@ def main() -> None:
     for pair in pairs:
         for spec, detector in detectors.items():
             result = register_images(*images[pair.name], detector, model=args.model, threshold_px=args.threshold_px,
-                                     guided_radius=args.guided_radius)
+                                     guided_radius=args.guided_radius,
+                                     fov_margin=None if args.fov_margin < 0 else args.fov_margin)
             outcomes[spec].append(score_pair(pair, result.transform))
             seconds[spec].append(result.seconds)
     report = {}

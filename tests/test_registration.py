@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 from typer.testing import CliRunner
 
 from meddistill.cli import app
@@ -18,6 +19,7 @@ from meddistill.registration import (
     build_matcher,
     category_auc,
     estimate_transform,
+    fov_interior,
     load_fire,
     match_guided,
     match_mutual_nearest,
@@ -117,6 +119,46 @@ def test_guided_matching_by_hand():
     assert match_guided(fixed, moving, shift_back, radius=4).tolist() == [[0, 0], [1, 1], [2, 2]]
     assert match_guided(fixed, moving, np.eye(3), radius=4).shape == (0, 2)  # nothing within reach
     assert match_guided(fixed, Features(moving.keypoints[:0], moving.descriptors[:0]), shift_back).shape == (0, 2)
+
+
+def test_features_inside_a_mask_by_hand():
+    features = Features(np.array([[0.4, 0.0], [2.6, 1.2], [9.0, 9.0]], np.float32), np.eye(3, dtype=np.float32),
+                        scores=np.array([0.1, 0.2, 0.3], np.float32), size=(4, 4))
+    mask = np.zeros((4, 4), bool)
+    mask[1, 3] = True  # (x 2.6, y 1.2) rounds to column 3, row 1; (9, 9) is clipped to the corner
+    mask[3, 3] = True
+    kept = features.inside(mask)
+    assert kept.keypoints.tolist() == features.keypoints[1:].tolist()
+    assert kept.descriptors.tolist() == np.eye(3)[1:].tolist() and kept.scores.tolist() == pytest.approx([0.2, 0.3])
+    assert kept.size == (4, 4) and len(features.inside(np.zeros((4, 4), bool))) == 0
+
+
+def test_fov_interior_is_the_disc_less_its_rim():
+    photo = np.zeros((200, 200, 3), np.uint8)
+    cv2.circle(photo, (100, 100), 80, (180, 90, 40), -1)
+    inner = fov_interior(photo, size=100, margin=5)  # the disc is 40 px in radius at 100²
+    assert inner.shape == (100, 100) and inner.dtype == bool
+    assert inner[50, 50] and inner[50, 50 + 33] and not inner[50, 50 + 37] and not inner[0, 0]
+    assert fov_interior(photo, size=100, margin=0).sum() > inner.sum()
+
+
+def test_keypoints_on_the_aperture_edge_are_dropped(photo):
+    # Between visits the eye moves and the camera's aperture stays put: the moving photo is
+    # the shifted retina seen through the fixed photo's field of view. Keypoints on the
+    # aperture's edge would match at the same pixel in both and vote for the identity.
+    aperture = photo.max(axis=2) > 0
+    moving = np.roll(photo, (0, 40), axis=(0, 1)) * aperture[..., None]
+    depth = ndimage.distance_transform_edt(aperture)  # px from the aperture's edge
+
+    def matched_depths(result):
+        points = np.rint(np.vstack([result.fixed_points, result.moving_points])).astype(int).clip(0, 383)
+        return depth[points[:, 1], points[:, 0]]
+
+    result = register_images(photo, moving, "sift", size=384)
+    assert result.status == "ok", result.reason
+    assert np.allclose(result.transform[:2, 2], (-40, 0), atol=1.5)
+    assert matched_depths(result).min() > 8  # the default margin, px at size 384 = the photo's
+    assert matched_depths(register_images(photo, moving, "sift", size=384, fov_margin=None)).min() < 1
 
 
 def test_guided_refinement_adds_inliers_and_can_be_skipped(photo):

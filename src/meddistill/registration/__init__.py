@@ -14,7 +14,7 @@ from .features import (
 from .fire import FirePair, PairOutcome, category_auc, load_fire, map_points, score_pair, summarize
 from .geometry import Estimate, estimate_transform, plausible
 from .pipeline import RegistrationResult, register_images, warp_to_fixed
-from .preprocess import preprocess_fundus, resize_matrix
+from .preprocess import fov_interior, preprocess_fundus, resize_matrix
 from .task import KeypointPairDataset, KeypointTask, warp_to_reference
 from .matching import MatchingTask, match_ground_truth
 
@@ -35,6 +35,7 @@ __all__ = [
     "build_matcher",
     "category_auc",
     "estimate_transform",
+    "fov_interior",
     "load_fire",
     "map_points",
     "match_ground_truth",

@@ -28,6 +28,15 @@ class Features:
     def __len__(self) -> int:
         return len(self.keypoints)
 
+    def inside(self, mask: np.ndarray) -> Features:
+        """The features whose keypoint's pixel is True in ``mask`` ``(H, W)`` bool."""
+        height, width = mask.shape
+        columns = np.clip(np.rint(self.keypoints[:, 0]).astype(int), 0, width - 1)
+        rows = np.clip(np.rint(self.keypoints[:, 1]).astype(int), 0, height - 1)
+        keep = mask[rows, columns]
+        scores = None if self.scores is None else self.scores[keep]
+        return Features(self.keypoints[keep], self.descriptors[keep], scores, self.size)
+
 
 KEYPOINT_METHODS: Registry = Registry("keypoint method")
 

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import MeddistillError
 from .features import KEYPOINT_METHODS, Features, build_matcher, match_guided
 from .geometry import Estimate, estimate_transform, plausible
-from .preprocess import preprocess_fundus, resize_matrix
+from .preprocess import fov_interior, preprocess_fundus, resize_matrix
 
 @dataclass
 class RegistrationResult:
@@ -58,14 +58,16 @@ def register_images(
     min_inlier_ratio: float = 0.2,
     threshold_px: float = 10.0,
     guided_radius: float = 12.0,
+    fov_margin: float | None = 8.0,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` (both ``(H, W, 3)`` uint8, any sizes).
 
     ``method`` and ``matcher`` are registered names or built ones (build them once to register
     many pairs); the default matcher is the method's, and ``"glue"`` is the one shipped for
-    ``method``. Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`; the
-    transform is estimated there (inliers within ``threshold_px`` px at ``size``) and converted
-    to original pixels. The result is ``failed`` (with a reason) when fewer than
+    ``method``. Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`, and
+    those within ``fov_margin`` px of the field of view's edge are dropped (:func:`fov_interior`;
+    None keeps them all). The transform is estimated there (inliers within ``threshold_px`` px
+    at ``size``) and converted to original pixels. The result is ``failed`` (with a reason) when fewer than
     ``min_inliers`` matches, or fewer than ``min_inlier_ratio`` of them, agree, or when the
     transform is implausible (a reflection or an extreme scale). An accepted transform is then
     refined once by guided matching (:func:`match_guided`, ``guided_radius`` px at ``size``; 0
@@ -78,6 +80,8 @@ def register_images(
         matcher = build_matcher(matcher, method if isinstance(method, str) else None)
     started = time.perf_counter()
     features = [detector(preprocess_fundus(image, size)) for image in (fixed, moving)]
+    if fov_margin is not None:
+        features = [found.inside(fov_interior(image, size, fov_margin)) for found, image in zip(features, (fixed, moving))]
     pairs = matcher(features[0], features[1])
     estimate = _estimate(features, pairs, model, threshold_px)
     inliers = int(estimate.inliers.sum())

@@ -1,11 +1,13 @@
-"""Fundus preprocessing for keypoint methods (SuperRetina's): green channel, z-score, CLAHE, gamma, resize."""
+"""Fundus preprocessing for keypoint methods (SuperRetina's): green channel, z-score, CLAHE, gamma, resize;
+and the field of view's interior, where keypoints are kept."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
-from ..data import equalize_contrast
+from ..data import compute_fov, equalize_contrast
 
 
 def preprocess_fundus(image: np.ndarray, size: int = 768, gamma: float = 1.2) -> np.ndarray:
@@ -22,6 +24,17 @@ def preprocess_fundus(image: np.ndarray, size: int = 768, gamma: float = 1.2) ->
     stretched = cv2.normalize(z, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     equalised = equalize_contrast(stretched[..., None])[..., 0]
     return (255 * (equalised / 255.0) ** gamma).astype(np.uint8)
+
+
+def fov_interior(image: np.ndarray, size: int = 768, margin: float = 8.0) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB → ``(size, size)`` bool: the photo's field of view
+    (:func:`~meddistill.data.compute_fov`, on the resized photo) less a rim ``margin`` px wide.
+
+    The camera's aperture does not move between visits, so keypoints on its edge match their
+    counterparts at the same pixel and vote for the identity, whatever the eye did.
+    """
+    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return ndimage.distance_transform_edt(compute_fov(small)) > margin
 
 
 def resize_matrix(original_shape: tuple[int, ...], size: int) -> np.ndarray:
