@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from ..data import compute_fov, equalize_contrast
 
@@ -34,7 +33,8 @@ def fov_interior(image: np.ndarray, size: int = 768, margin: float = 8.0) -> np.
     counterparts at the same pixel and vote for the identity, whatever the eye did.
     """
     small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return ndimage.distance_transform_edt(compute_fov(small)) > margin
+    depth = cv2.distanceTransform(compute_fov(small).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return depth > margin
 
 
 def resize_matrix(original_shape: tuple[int, ...], size: int) -> np.ndarray:
