@@ -11,8 +11,8 @@ estimation) with ``--threads`` torch/OpenCV threads, and for networks their para
 GFLOPs and peak memory at 1×1×768×768. The methods take turns pair by pair, so a busy machine
 slows them alike; absolute times still want an otherwise idle machine.
 
-``--threshold-px``, ``--guided-radius``, ``--fov-margin`` and ``--no-subpixel`` change the pipeline for every
-method (the defaults are `register_images`'s), for ablations. ``--ceiling`` adds the row of
+``--threshold-px``, ``--guided-radius``, ``--fov-margin`` and ``--no-subpixel`` change the
+pipeline for every method (the defaults are `register_images`'s), for ablations. ``--ceiling`` adds the row of
 the model fitted by least squares to each pair's own control points: the best any method
 could score with that model on this benchmark.
 """
@@ -87,7 +87,8 @@ def main() -> None:
         print_row(name, row)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        settings = {"threshold_px": args.threshold_px, "guided_radius": args.guided_radius, "subpixel": args.subpixel}
+        settings = {"threshold_px": args.threshold_px, "guided_radius": args.guided_radius,
+                    "fov_margin": args.fov_margin, "subpixel": args.subpixel}
         args.json.write_text(json.dumps({"root": str(args.root), "model": args.model, "pipeline": settings,
                                          "methods": report}, indent=2))
 

@@ -11,7 +11,7 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from meddistill.cli import app
-from meddistill.data import make_fundus_phantom
+from meddistill.data import compute_fov, make_fundus_phantom
 from meddistill.errors import MeddistillError
 from meddistill.registration import (
     Features,
@@ -28,7 +28,7 @@ from meddistill.registration import (
     score_pair,
     summarize,
 )
-from meddistill.registration.synthetic import fire_frame, write_fire_benchmark
+from meddistill.registration.synthetic import fire_frame, synthetic_pair, write_fire_benchmark
 
 runner = CliRunner()
 
@@ -228,6 +228,16 @@ def test_synthetic_fire_benchmark_repeats_number_on(photo, tmp_path):
     assert (tmp_path / "twice" / "Ground Truth" / "control_points_P04_1_2.txt").read_text() != first
     with pytest.raises(MeddistillError, match="repeats"):
         write_fire_benchmark({"a": photo}, tmp_path, repeats=0)
+
+
+def test_synthetic_pair_through_a_fixed_aperture():
+    photo = make_fundus_phantom(192, seed=4).image
+    aperture = compute_fov(photo)
+    for fixed_aperture in (False, True):
+        query, points = synthetic_pair(photo, "P", np.random.default_rng(0), fixed_aperture=fixed_aperture)
+        outside = query.max(axis=2)[~aperture]
+        assert (outside.max() == 0) == fixed_aperture  # P pairs shift the retina out of the aperture
+        assert points.shape == (10, 4)
 
 
 def test_fire_frame_pads_to_a_centred_square():

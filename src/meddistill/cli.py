@@ -281,13 +281,17 @@ def fire_benchmark(
                           "as strict as FIRE's; 0 keeps each photo's own size.")
     ] = 2912,
     repeats: Annotated[int, typer.Option(help="Pairs per photo and category, each with its own transforms.")] = 1,
+    fixed_aperture: Annotated[
+        bool, typer.Option(help="Show each query through the photo's own field of view, as a camera whose "
+                           "aperture stays put between visits does (as in FIRE).")
+    ] = False,
 ) -> None:
     """Write a FIRE-layout benchmark (S, P and A pairs per photo, known transforms) for `evaluate fire`."""
     from .data import read_rgb
     from .registration.synthetic import write_fire_benchmark
 
     photos = {path.stem: read_rgb(path) for path in _expand_image_paths(images)}
-    names = write_fire_benchmark(photos, out, seed, size=size or None, repeats=repeats)
+    names = write_fire_benchmark(photos, out, seed, size=size or None, repeats=repeats, fixed_aperture=fixed_aperture)
     console.print(f"{len(names)} pairs written to {out}")
 
 

@@ -109,15 +109,21 @@ def _control_points(fov, query_fov, motion, field, count: int, rng) -> np.ndarra
 
 
 def synthetic_pair(
-    photo: np.ndarray, category: str, rng: np.random.Generator, points_per_pair: int = 10
+    photo: np.ndarray, category: str, rng: np.random.Generator, points_per_pair: int = 10, fixed_aperture: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """A query for ``photo`` (RGB uint8) in ``category`` S, P or A, and its control points
-    ``(points_per_pair, 4)`` rows x_ref y_ref x_query y_query."""
+    ``(points_per_pair, 4)`` rows x_ref y_ref x_query y_query.
+
+    The query shows the warped retina through the warped field of view, or with
+    ``fixed_aperture`` through the part of it that the photo's own field of view covers, as a
+    camera whose aperture stays put between visits does."""
     fov = compute_fov(photo)
     motion = _random_motion(category, photo.shape[:2], rng)
     field = _smooth_field(photo.shape[:2], _WARP[category] * photo.shape[1], rng)
     query = _warp(photo, motion, field)
     query_fov = _warp(fov.astype(np.uint8), motion, field, nearest=True) > 0
+    if fixed_aperture:
+        query_fov &= fov
     query = _change_appearance(query, _LOOK[category], rng) * query_fov[..., None]
     return query, _control_points(fov, query_fov, motion, field, points_per_pair, rng)
 
@@ -134,12 +140,13 @@ def fire_frame(photo: np.ndarray, size: int) -> np.ndarray:
 
 def write_fire_benchmark(
     photos: dict[str, np.ndarray], out: str | Path, seed: int = 0, points_per_pair: int = 10, size: int | None = None,
-    repeats: int = 1,
+    repeats: int = 1, fixed_aperture: bool = False,
 ) -> list[str]:
     """Write ``Images/`` and ``Ground Truth/`` for ``photos`` (name → RGB uint8); returns pair names.
     With ``size`` each photo is first put in a ``size``×``size`` frame (:func:`fire_frame`).
     ``repeats`` > 1 gives each photo more pairs per category, repeat ``r`` drawn with seed
-    ``seed + r`` and numbered after the previous repeat's (a few photos make a larger benchmark)."""
+    ``seed + r`` and numbered after the previous repeat's (a few photos make a larger benchmark).
+    ``fixed_aperture`` is :func:`synthetic_pair`'s."""
     if repeats < 1:
         raise MeddistillError(f"repeats must be at least 1, got {repeats}")
     out = Path(out)
@@ -152,7 +159,7 @@ def write_fire_benchmark(
         for index, photo in enumerate(framed, start=repeat * len(framed) + 1):
             for category in ("S", "P", "A"):
                 name = f"{category}{index:02d}"
-                query, points = synthetic_pair(photo, category, rng, points_per_pair)
+                query, points = synthetic_pair(photo, category, rng, points_per_pair, fixed_aperture)
                 for k, image in ((1, photo), (2, query)):
                     cv2.imwrite(str(out / "Images" / f"{name}_{k}.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, 95])
