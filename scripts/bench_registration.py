@@ -12,9 +12,9 @@ GFLOPs and peak memory at 1×1×768×768. The methods take turns pair by pair, s
 slows them alike; absolute times still want an otherwise idle machine.
 
 ``--threshold-px``, ``--guided-radius``, ``--fov-margin`` and ``--no-subpixel`` change the
-pipeline for every method (the defaults are `register_images`'s), for ablations. ``--ceiling`` adds the row of
-the model fitted by least squares to each pair's own control points: the best any method
-could score with that model on this benchmark.
+pipeline for every method (the defaults are `register_images`'s), for ablations. ``--ceiling``
+adds the row of the model fitted by least squares to each pair's own control points: the best
+any method could score with that model on this benchmark.
 """
 
 from __future__ import annotations

@@ -67,9 +67,9 @@ def register_images(
     ``method``. Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`, and
     those within ``fov_margin`` px of the field of view's edge are dropped (:func:`fov_interior`;
     None keeps them all). The transform is estimated there (inliers within ``threshold_px`` px
-    at ``size``) and converted to original pixels. The result is ``failed`` (with a reason) when fewer than
-    ``min_inliers`` matches, or fewer than ``min_inlier_ratio`` of them, agree, or when the
-    transform is implausible (a reflection or an extreme scale). An accepted transform is then
+    at ``size``) and converted to original pixels. The result is ``failed`` (with a reason)
+    when fewer than ``min_inliers`` matches, or fewer than ``min_inlier_ratio`` of them, agree,
+    or when the transform is implausible (a reflection or an extreme scale). An accepted transform is then
     refined once by guided matching (:func:`match_guided`, ``guided_radius`` px at ``size``; 0
     skips it), and the reported matches and inliers are the refined fit's.
     """
