@@ -260,6 +260,9 @@ def test_register_cli_single_batch_and_failure(photo, tmp_path):
     assert {"matches", "inliers", "seconds"} <= set(report) and report["inliers"] >= 10
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
         "moving_checkerboard.png", "moving_matches.png", "moving_overlay.png"]
+    result = runner.invoke(app, ["register", str(fixed), str(moving), "--fov-margin", "-1", "--json", str(tmp_path / "k.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "k.json").read_text())["matches"] > report["matches"]  # the rim's keypoints kept
     blank = tmp_path / "blank.png"
     Image.fromarray(np.zeros_like(photo)).save(blank)
     result = runner.invoke(app, ["register", str(fixed), str(blank), "--json", str(tmp_path / "f.json")])

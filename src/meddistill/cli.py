@@ -214,6 +214,8 @@ def register(
     figures: Annotated[Optional[Path], typer.Option(help="Folder for match-line, checkerboard and overlay figures.")] = None,
     pairs: Annotated[Optional[Path], typer.Option(help="Batch mode: CSV with columns fixed,moving[,name].")] = None,
     out_dir: Annotated[Path, typer.Option(help="Batch mode: folder for one JSON (and warped image) per pair.")] = Path("registrations"),
+    fov_margin: Annotated[float, typer.Option(
+        help="Keypoints nearer than this to the field of view's edge are dropped, px at 768²; negative keeps them.")] = 8.0,
 ) -> None:
     """Register MOVING onto FIXED; the transform maps moving pixels to fixed pixels (original sizes).
 
@@ -226,7 +228,7 @@ def register(
 
     def run_one(fixed_path: Path, moving_path: Path, warped_path: Path | None, json_path: Path | None, figure_dir: Path | None, stem: str):
         fixed, moving = read_rgb(fixed_path), read_rgb(moving_path)
-        result = register_images(fixed, moving, detector, pair_matcher, model)
+        result = register_images(fixed, moving, detector, pair_matcher, model, fov_margin=None if fov_margin < 0 else fov_margin)
         if warped_path is not None and result.transform is not None:
             write_png(warped_path, warp_to_fixed(moving, result.transform, fixed.shape))
         if json_path is not None:
