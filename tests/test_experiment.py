@@ -199,6 +199,28 @@ def test_a_run_waits_for_the_run_it_starts_from(grid, tmp_path, monkeypatch):
     assert started == ['name="g-enet-none"', 'name="g-enet-kd"', 'name="g-enet-gkd"']  # gkd waited for none, kd did not
 
 
+def test_scratch_students_train_beside_the_teacher_and_distilled_ones_wait_for_it(grid, monkeypatch):
+    teacher, students = plan_runs(load_grid(grid))
+    teacher_done = []
+    started = []
+
+    class FinishesWhenPolled:
+        def __init__(self, command, **_):
+            started.append((command[command.index("--set") + 1] if "--set" in command else "teacher", list(teacher_done)))
+            self.returncode = 0
+
+        def poll(self):
+            teacher_done.append(True)
+            return 0
+
+    monkeypatch.setattr(experiment.subprocess, "Popen", FinishesWhenPolled)
+    monkeypatch.setattr(experiment, "run_state", lambda run_dir, epochs: "done" if any(run_dir.name in s for s, _ in started) else "missing")
+    experiment.train_runs([teacher, *students], parallel=3)
+    assert [name for name, _ in started] == ["teacher", 'name="g-enet-none"', 'name="g-enet-kd"', 'name="g-enet-gkd"']
+    assert started[1][1] == []  # the scratch student started before anything had finished
+    assert started[2][1] != []  # KD waited for the teacher's weights, though a slot was free
+
+
 def test_rows_may_share_pre_stages_only_where_the_stages_are_the_same(grid):
     spec = yaml.safe_load(grid.read_text())
     gkd_args = spec["methods"]["gkd"]["args"]

@@ -283,9 +283,10 @@ def copy_pre_stages(source: Path, run_dir: Path) -> None:
 def train_runs(runs: list[Run], parallel: int) -> None:
     """Run training commands ``parallel`` at a time, in order, resuming partial runs.
 
-    A run that starts from another run's trained student waits until that run is done; one
-    that copies another run's pre-stages waits until that run has finished them (its first
-    checkpoint). Each run's output goes to ``<output>/<name>.log``.
+    A run that starts from another run's trained student, or is distilled from a teacher run
+    of the list, waits until that run is done; one that copies another run's pre-stages waits
+    until that run has finished them (its first checkpoint). So the scratch students train
+    beside the teacher. Each run's output goes to ``<output>/<name>.log``.
     """
     for run in runs:
         check_run_config(run)
@@ -298,6 +299,7 @@ def train_runs(runs: list[Run], parallel: int) -> None:
                 r
                 for r in pending
                 if r.config.student.weights not in unfinished
+                and not (METHODS.get(r.variant.method).needs_teacher and r.config.teacher.weights in unfinished)
                 and (r.stages_from is None or (r.stages_from / "last.json").is_file())
             ]
             if not ready:
@@ -568,8 +570,7 @@ def run_grid(path: str | Path, train: bool = True, with_cost: bool = True) -> st
     grid = load_grid(path)
     teacher, students = plan_runs(grid)
     if train:
-        train_runs([teacher], 1)
-        train_runs(students, grid.jobs)
+        train_runs([teacher, *students], grid.jobs)
     out = Path(grid.out)
     datasets = load_grid_datasets(grid, students[0].config)
     results = evaluate_runs(teacher, students, datasets, out)
