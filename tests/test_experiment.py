@@ -221,6 +221,59 @@ def test_scratch_students_train_beside_the_teacher_and_distilled_ones_wait_for_i
     assert started[2][1] != []  # KD waited for the teacher's weights, though a slot was free
 
 
+def test_the_run_others_wait_for_starts_first(grid, monkeypatch):
+    spec = yaml.safe_load(grid.read_text())
+    gkd_args = spec["methods"]["gkd"]["args"]
+    spec["methods"] = {
+        "none": {"method": "none"},
+        "none, 12 more epochs": {"method": "none", "start_from": "none"},
+        "gkd": spec["methods"]["gkd"],
+        "gkd + intra": {"method": "gkd", "args": {**gkd_args, "inter_weight": 0}, "stages_from": "gkd"},
+    }
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    _, runs = plan_runs(load_grid(grid))
+    run_dirs = {r.config.name: r.run_dir for r in runs}
+    started = []
+
+    class TrainsAtOnce:  # leaves a finished run's checkpoint
+        def __init__(self, command, **_):
+            started.append(command[command.index("--set") + 1].split("=")[1].strip('"'))
+            run_dirs[started[-1]].mkdir(parents=True, exist_ok=True)
+            (run_dirs[started[-1]] / "last.json").write_text(json.dumps({"epoch": 0}))
+            self.returncode = 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(experiment.subprocess, "Popen", TrainsAtOnce)
+    experiment.train_runs(runs, parallel=1)
+    # GKD before the control listed above it: the ablation row waits for its pre-stages
+    assert started == ["g-enet-none", "g-enet-gkd", "g-enet-none-12-more-epochs", "g-enet-gkd-intra"]
+
+
+def test_a_grid_can_distil_from_a_teacher_trained_elsewhere(grid, tmp_path):
+    trained = CliRunner().invoke(app, ["train", str(tmp_path / "teacher.yaml"), "--set", 'name="mine"', "--no-progress"])
+    assert trained.exit_code == 0, trained.output
+    spec = yaml.safe_load(grid.read_text())
+    spec["teacher_weights"] = str(tmp_path / "runs" / "mine" / "best")
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    both = CliRunner().invoke(app, ["experiment", str(grid)])
+    assert both.exit_code == 2 and "either 'teacher' (a config to train) or 'teacher_weights'" in both.output
+
+    del spec["teacher"]
+    spec["methods"] = {"none": {"method": "none"}, "kd": {"method": "kd"}}
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"])
+    assert result.exit_code == 0, result.output
+    assert "teacher.yaml" not in result.output and "$ meddistill distill" in result.output  # nothing trains the teacher
+    assert not (tmp_path / "runs" / "teacher").exists()
+    kd = yaml.safe_load((tmp_path / "runs" / "g-enet-kd" / "config.yaml").read_text())
+    assert kd["teacher"]["weights"] == spec["teacher_weights"] and kd["teacher"]["args"] == {"base_channels": 8}
+    rows = list(csv.DictReader((tmp_path / "results" / "results.csv").open()))
+    assert [r["model / method"] for r in rows] == ["teacher", "enet / none", "enet / kd"]
+    assert any(k.startswith(f"{spec['teacher_weights']}@") for k in json.loads((tmp_path / "results" / "metrics.json").read_text()))  # keyed by its weights
+
+
 def test_rows_may_share_pre_stages_only_where_the_stages_are_the_same(grid):
     spec = yaml.safe_load(grid.read_text())
     gkd_args = spec["methods"]["gkd"]["args"]

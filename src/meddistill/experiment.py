@@ -29,7 +29,7 @@ import numpy as np
 from torch import nn
 
 from .builders import build_samples
-from .checkpoint import checkpoint_paths
+from .checkpoint import checkpoint_paths, read_meta
 from .config import ExperimentConfig, build_dataclass, config_from_dict, config_to_dict, load_config, read_yaml
 from .cost import ModelCost, measure_cost
 from .data import Preparation, VesselSample, load_dataset, training_fov_diameter
@@ -39,7 +39,7 @@ from .fsd import frechet_semantic_distance, load_gkd_alignment
 from .inference import evaluate_samples, predict_probability
 from .registry import did_you_mean
 from .report import overlay, plot_panels
-from .zoo import build_network, load_model
+from .zoo import build_network, load_model, resolve_checkpoint
 
 METRICS = {"sensitivity": "Se", "accuracy": "Acc", "auc": "AUC", "f1": "F1", "miou": "mIoU"}
 
@@ -78,6 +78,7 @@ class GridConfig:
 
     name: str = "grid"  # run names: <name>-<student>-<row>, the row label made folder-safe
     teacher: str = ""  # experiment config of the teacher (trained with method none)
+    teacher_weights: str = ""  # or a trained teacher used as is: shipped name or checkpoint path
     student: str = ""  # experiment config every student run starts from: source data, schedule
     students: list[str] = field(default_factory=lambda: ["mobilenetv2_unet"])
     methods: dict[str, VariantConfig] = field(default_factory=lambda: {"none": VariantConfig()})
@@ -99,10 +100,25 @@ class Run:
     variant: VariantConfig
     replicate_of: str = ""  # the label its replicates share (the first replicate's label)
     stages_from: Path | None = None  # the run folder whose pre-stages it copies
+    weights: str = ""  # a model trained elsewhere (shipped name or checkpoint) this run stands for
 
     @property
     def run_dir(self) -> Path:
         return self.config.run_dir
+
+    @property
+    def source(self) -> str:
+        """Where its results come from: the given weights, or else the run folder."""
+        return self.weights or str(self.run_dir)
+
+    @property
+    def checkpoint(self) -> str:
+        """Its best weights: the given ones, or else ``<run_dir>/best``."""
+        return self.weights or str(self.run_dir / "best")
+
+    def state(self) -> str:
+        """``done`` for given weights, else :func:`run_state` of its folder."""
+        return "done" if self.weights else run_state(self.run_dir, self.config.train.epochs)
 
 
 def load_grid(path: str | Path) -> GridConfig:
@@ -123,8 +139,10 @@ def load_grid(path: str | Path) -> GridConfig:
             chain.append(start)
         if variant.stages_from:
             _check_stage_source(grid, label)
-    if not grid.teacher or not grid.student:
-        raise MeddistillError("a grid needs 'teacher' and 'student' experiment configs")
+    if bool(grid.teacher) == bool(grid.teacher_weights):
+        raise MeddistillError("a grid needs either 'teacher' (a config to train) or 'teacher_weights' (a trained teacher)")
+    if not grid.student:
+        raise MeddistillError("a grid needs a 'student' experiment config")
     return grid
 
 
@@ -207,12 +225,17 @@ def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
     """
     if grid.replicates < 1:
         raise MeddistillError(f"replicates must be at least 1, got {grid.replicates}")
-    teacher_config = load_config(grid.teacher)
-    teacher = Run("teacher", _cli("train", grid.teacher, {}), teacher_config, VariantConfig())
+    if grid.teacher_weights:
+        meta = read_meta(resolve_checkpoint(grid.teacher_weights))
+        if "config" not in meta:
+            raise MeddistillError(f"teacher_weights {grid.teacher_weights} records no training config")
+        teacher = Run("teacher", [], config_from_dict(meta["config"]), VariantConfig(), weights=grid.teacher_weights)
+    else:
+        teacher = Run("teacher", _cli("train", grid.teacher, {}), load_config(grid.teacher), VariantConfig())
     teacher_net = {
-        "teacher.name": teacher_config.student.name,
-        "teacher.args": teacher_config.student.args,
-        "teacher.weights": str(teacher_config.run_dir / "best"),
+        "teacher.name": teacher.config.student.name,
+        "teacher.args": teacher.config.student.args,
+        "teacher.weights": teacher.checkpoint,
     }
     base = load_config(grid.student)
     rows = ["none"] + [row for row in grid.methods if row != "none"]  # the scratch row leads each block
@@ -256,7 +279,7 @@ def _config_differences(saved: dict[str, Any], run: Run) -> list[str]:
 def check_run_config(run: Run) -> None:
     """A run folder that exists must hold this grid's run, not one trained with other settings."""
     saved = run.run_dir / "config.yaml"
-    if not saved.is_file():
+    if run.weights or not saved.is_file():
         return
     differences = _config_differences(config_to_dict(load_config(saved)), run)
     if differences:
@@ -280,8 +303,19 @@ def copy_pre_stages(source: Path, run_dir: Path) -> None:
     print(f"{run_dir.name}: pre-stages copied from {source.name}", flush=True)
 
 
+def _waiting_on(run: Run, pending: list[Run]) -> int:
+    """How many of ``pending`` wait for ``run``: for its student, as their teacher, or for its pre-stages."""
+    return sum(
+        r.config.student.weights == run.checkpoint
+        or (METHODS.get(r.variant.method).needs_teacher and r.config.teacher.weights == run.checkpoint)
+        or r.stages_from == run.run_dir
+        for r in pending
+    )
+
+
 def train_runs(runs: list[Run], parallel: int) -> None:
-    """Run training commands ``parallel`` at a time, in order, resuming partial runs.
+    """Run training commands ``parallel`` at a time, resuming partial runs: of those ready, the
+    one most runs wait for first, else the first in order.
 
     A run that starts from another run's trained student, or is distilled from a teacher run
     of the list, waits until that run is done; one that copies another run's pre-stages waits
@@ -290,11 +324,11 @@ def train_runs(runs: list[Run], parallel: int) -> None:
     """
     for run in runs:
         check_run_config(run)
-    pending = [r for r in runs if run_state(r.run_dir, r.config.train.epochs) != "done"]
+    pending = [r for r in runs if r.state() != "done"]
     running: list[tuple[Run, subprocess.Popen]] = []
     while pending or running:
         while len(running) < parallel:
-            unfinished = {str(r.run_dir / "best") for r in pending + [r for r, _ in running]}
+            unfinished = {r.checkpoint for r in pending + [r for r, _ in running]}
             ready = [
                 r
                 for r in pending
@@ -304,11 +338,11 @@ def train_runs(runs: list[Run], parallel: int) -> None:
             ]
             if not ready:
                 break
-            run = ready[0]
+            run = max(ready, key=lambda r: _waiting_on(r, pending))  # the first of the most waited for
             pending.remove(run)
             if run.stages_from is not None:
                 copy_pre_stages(run.stages_from, run.run_dir)
-            command = run.command + (["--resume"] if run_state(run.run_dir, run.config.train.epochs) == "partial" else [])
+            command = run.command + (["--resume"] if run.state() == "partial" else [])
             run.run_dir.parent.mkdir(parents=True, exist_ok=True)
             print("$ meddistill", shlex.join(command[3:]), flush=True)
             with open(run.run_dir.parent / f"{run.config.name}.log", "a") as log:
@@ -337,7 +371,7 @@ def load_grid_datasets(grid: GridConfig, source: ExperimentConfig) -> dict[str, 
 
 def _cached_row(run: Run, cache: dict[str, Any], recorded: dict[str, Any], datasets: list[str]) -> str | None:
     """The cache key of a row evaluated before whose run folder is gone, if it is still this grid's run."""
-    keys = [k for k in cache if k.startswith(f"{run.run_dir}@") and all(n in cache[k] for n in datasets)]
+    keys = [k for k in cache if k.startswith(f"{run.source}@") and all(n in cache[k] for n in datasets)]
     if len(keys) != 1 or keys[0] not in recorded:
         return None
     saved = config_to_dict(config_from_dict(recorded[keys[0]]["config"]))  # defaults added since are filled in
@@ -374,7 +408,7 @@ def evaluate_runs(
     results: dict[str, dict[str, Any]] = {}
     diameters: dict[str, float] = {}
     for run in [teacher, *students]:
-        state = run_state(run.run_dir, run.config.train.epochs)
+        state = run.state()
         if state == "missing" and (key := _cached_row(run, cache, recorded, list(datasets))):
             print(f"{run.label}: run folder absent, reported from {cache_path}", flush=True)
             results[run.label] = {"run": run, "net": None, "metrics": cache[key]}
@@ -386,9 +420,9 @@ def evaluate_runs(
             continue
         net, meta, preparation = load_run_model(run, diameters)
         # the weights' digest: a run trained again to the same best epoch is evaluated again
-        digest = hashlib.sha256(checkpoint_paths(run.run_dir / "best")[0].read_bytes()).hexdigest()[:12]
-        key = f"{run.run_dir}@{meta['epoch']}@{preparation.fov_diameter_px:.1f}px@{digest}"
-        for stale in [k for k in cache if k.startswith(f"{run.run_dir}@") and k != key]:
+        digest = hashlib.sha256(checkpoint_paths(resolve_checkpoint(run.checkpoint))[0].read_bytes()).hexdigest()[:12]
+        key = f"{run.source}@{meta['epoch']}@{preparation.fov_diameter_px:.1f}px@{digest}"
+        for stale in [k for k in cache if k.startswith(f"{run.source}@") and k != key]:
             del cache[stale]
             recorded.pop(stale, None)
         entry = cache.setdefault(key, {})
@@ -438,7 +472,7 @@ def load_run_model(
     ``diameters`` caches the training FOV diameter of checkpoints written before it was recorded.
     """
     check_run_config(run)
-    net, meta = load_model(run.run_dir / "best")
+    net, meta = load_model(run.checkpoint)
     preparation = Preparation.from_meta(meta)
     if preparation.fov_diameter_px is None:
         diameter = _training_diameter(run.config, {} if diameters is None else diameters)
