@@ -18,10 +18,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from meddistill.checkpoint import checkpoint_paths
 from meddistill.data import Preparation, VesselSample
 from meddistill.errors import MeddistillError
-from meddistill.experiment import load_grid, load_grid_datasets, load_run_model, plan_runs, run_state
+from meddistill.experiment import load_grid, load_grid_datasets, load_run_model, plan_runs
 from meddistill.inference import predict_probability
 from meddistill.metrics import MetricAccumulator
 
@@ -44,11 +43,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     grid = load_grid(args.grid)
     teacher, students = plan_runs(grid)
-    if not checkpoint_paths(teacher.run_dir / "best")[0].is_file():
-        raise MeddistillError(f"the teacher has no checkpoint at {teacher.run_dir / 'best'}: train the grid's teacher first")
+    if teacher.state() != "done":
+        raise MeddistillError(f"the teacher has no checkpoint at {teacher.checkpoint}: train the grid's teacher first")
     datasets = load_grid_datasets(grid, teacher.config)
     wanted = [r for r in students if not args.only or any(part in r.label for part in args.only)]
-    finished = [r for r in wanted if run_state(r.run_dir, r.config.train.epochs) == "done"]
+    finished = [r for r in wanted if r.state() == "done"]
     runs = [teacher] + finished  # the teacher is its best checkpoint, as the students' configs name it
     diameters: dict[str, float] = {}
     rows: dict[str, dict[str, tuple[float, float, float]]] = {}  # label -> dataset -> (Sp, Se, Se at teacher's Sp)
