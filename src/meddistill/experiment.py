@@ -141,6 +141,8 @@ def load_grid(path: str | Path) -> GridConfig:
             _check_stage_source(grid, label)
     if bool(grid.teacher) == bool(grid.teacher_weights):
         raise MeddistillError("a grid needs either 'teacher' (a config to train) or 'teacher_weights' (a trained teacher)")
+    if grid.teacher_weights:
+        resolve_checkpoint(grid.teacher_weights)  # a misspelt name fails now, naming the nearest one
     if not grid.student:
         raise MeddistillError("a grid needs a 'student' experiment config")
     return grid
