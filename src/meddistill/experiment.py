@@ -305,14 +305,17 @@ def copy_pre_stages(source: Path, run_dir: Path) -> None:
     print(f"{run_dir.name}: pre-stages copied from {source.name}", flush=True)
 
 
+def _checkpoints_needed(run: Run) -> set[str | None]:
+    """The trained checkpoints ``run`` starts from: its student's and, if distilled, its teacher's."""
+    needed = {run.config.student.weights}
+    if METHODS.get(run.variant.method).needs_teacher:
+        needed.add(run.config.teacher.weights)
+    return needed
+
+
 def _waiting_on(run: Run, pending: list[Run]) -> int:
-    """How many of ``pending`` wait for ``run``: for its student, as their teacher, or for its pre-stages."""
-    return sum(
-        r.config.student.weights == run.checkpoint
-        or (METHODS.get(r.variant.method).needs_teacher and r.config.teacher.weights == run.checkpoint)
-        or r.stages_from == run.run_dir
-        for r in pending
-    )
+    """How many of ``pending`` wait for ``run``: for its checkpoint or for its pre-stages."""
+    return sum(run.checkpoint in _checkpoints_needed(r) or r.stages_from == run.run_dir for r in pending)
 
 
 def train_runs(runs: list[Run], parallel: int) -> None:
@@ -334,8 +337,7 @@ def train_runs(runs: list[Run], parallel: int) -> None:
             ready = [
                 r
                 for r in pending
-                if r.config.student.weights not in unfinished
-                and not (METHODS.get(r.variant.method).needs_teacher and r.config.teacher.weights in unfinished)
+                if not _checkpoints_needed(r) & unfinished
                 and (r.stages_from is None or (r.stages_from / "last.json").is_file())
             ]
             if not ready:
