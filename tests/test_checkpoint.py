@@ -16,6 +16,9 @@ def test_save_and_load_round_trip(tmp_path):
     assert (tmp_path / "run" / "best.safetensors").is_file()
     meta = read_meta(stem)
     assert meta["format"] == "meddistill-model/1" and meta["code_version"]
+    # what decides the exact weights besides code and seed, to tell why two runs differ
+    assert meta["environment"]["torch"] == torch.__version__
+    assert meta["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     load_weights(other, tmp_path / "run" / "best.safetensors")
     for a, b in zip(model.state_dict().values(), other.state_dict().values()):

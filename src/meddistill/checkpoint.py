@@ -1,7 +1,8 @@
 """Checkpoints that never execute code when loaded.
 
 A model checkpoint is two files side by side: ``<stem>.safetensors`` (weights) and
-``<stem>.json`` (architecture name and arguments, config, code version, metrics).
+``<stem>.json`` (architecture name and arguments, config, code version, library versions,
+metrics).
 Resumable training state (optimiser, scheduler, RNG, epoch) goes to
 ``<stem>.state.pt`` and is read with ``torch.load(weights_only=True)``. Every file is
 written to a temporary name and renamed, so a crash never leaves a half-written file.
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,23 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{__version__}+{commit}" if commit else __version__
+
+
+# The libraries whose kernels or image operations decide a trained network's exact weights.
+_NUMERIC_PACKAGES = ("torch", "monai", "numpy", "opencv-python-headless", "scikit-image")
+
+
+def environment() -> dict[str, str]:
+    """What besides the code and the seed decides the exact weights a run trains: library
+    versions and the CPU's vector instruction set, whose kernels round differently."""
+    versions = {"python": platform.python_version()}
+    for package in _NUMERIC_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    versions["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return versions
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -70,7 +90,7 @@ def save_model(stem: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path
     """Write weights and metadata atomically; ``meta`` must hold ``model`` and ``args``."""
     weights_path, meta_path = checkpoint_paths(stem)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    full_meta = {"format": FORMAT, "code_version": code_version(), **meta}
+    full_meta = {"format": FORMAT, "code_version": code_version(), "environment": environment(), **meta}
     # Metadata last: a checkpoint counts as complete only once its JSON exists.
     _atomic_write(weights_path, lambda tmp: save_file(state, tmp))
     _atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(full_meta, indent=2)))
