@@ -10,11 +10,11 @@ setup: $(STAMP)
 
 # torch is installed first and pinned: the CPU build comes from the local wheel,
 # otherwise pip resolves torch from the registry and pulls the CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 demo: setup
