@@ -91,7 +91,7 @@ def test_refine_peaks_finds_a_gaussian_blob_between_pixels():
     # the blobs are 7+ sigma apart, so each log-parabola is exact to float precision
     found = sorted(map(tuple, refined.tolist()))
     assert np.allclose(found, sorted(centres), atol=2e-3)
-    assert np.abs(refined - points).max() <= 0.5
+    assert (refined - points).abs().max() <= 0.5
 
 
 def test_refine_peaks_leaves_flat_axes_and_empty_input_alone():
