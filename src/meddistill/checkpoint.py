@@ -10,6 +10,7 @@ written to a temporary name and renamed, so a crash never leaves a half-written 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -30,8 +31,10 @@ from .errors import MeddistillError
 FORMAT = "meddistill-model/1"
 
 
+@functools.cache
 def code_version() -> str:
-    """Package version, plus the git commit when running from a checkout."""
+    """Package version, plus the git commit when running from a checkout (read once: the
+    running code does not change when the checkout does)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -49,6 +52,7 @@ def code_version() -> str:
 _NUMERIC_PACKAGES = ("torch", "monai", "numpy", "opencv-python-headless", "scikit-image")
 
 
+@functools.cache
 def environment() -> dict[str, str]:
     """What besides the code and the seed decides the exact weights a run trains: library
     versions and the CPU's vector instruction set, whose kernels round differently."""
