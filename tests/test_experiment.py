@@ -8,13 +8,16 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from rich.console import Console
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict
 from meddistill.builders import phantom_samples
 from meddistill import experiment
+from meddistill import cli
 from meddistill.cli import app
+from meddistill.config import config_to_dict
 from meddistill.cost import ModelCost
 from meddistill.experiment import load_grid, plan_runs
 
@@ -111,6 +114,29 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
     (tmp_path / "student.yaml").write_text(yaml.safe_dump(student))
     changed = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"])
     assert changed.exit_code == 2 and "holds a run with other settings (train.epochs: 1 there, 2 here)" in changed.output
+
+
+def test_status_lists_how_far_each_run_has_trained(grid, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "console", Console(width=300))  # one table row a line
+    _, runs = plan_runs(load_grid(grid))
+    run_dirs = {r.label: r.run_dir for r in runs}
+    scratch = next(r for r in runs if r.label == "enet / none")
+    run_dirs["enet / none"].mkdir(parents=True)
+    (run_dirs["enet / none"] / "last.json").write_text(json.dumps({"epoch": 0}))
+    run_dirs["enet / gkd"].mkdir(parents=True)
+    (run_dirs["enet / gkd"] / "stage-autoencoder.json").write_text("{}")
+    result = CliRunner().invoke(app, ["experiment", str(grid), "--status"])
+    assert result.exit_code == 0, result.output
+    assert "1 of 4 runs done" in result.output
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") == 4}
+    assert "done: 1 of 1 epochs" in lines["enet / none"]
+    assert "partial: pre-stage autoencoder trained" in lines["enet / gkd"]
+    assert lines["teacher"].rstrip("│ ").endswith("missing") and lines["enet / kd"].rstrip("│ ").endswith("missing")
+    assert not (tmp_path / "results").exists()  # nothing trained or evaluated
+    # a folder holding a run with other settings says so
+    (run_dirs["enet / none"] / "config.yaml").write_text(yaml.safe_dump(config_to_dict(scratch.config) | {"seed": 5}))
+    changed = CliRunner().invoke(app, ["experiment", str(grid), "--status"])
+    assert "other settings in its folder (seed: 5 there, 0 here)" in changed.output
 
 
 def test_grid_mistakes_are_one_line_errors(grid, tmp_path):

@@ -136,11 +136,21 @@ def experiment(
     grid: Annotated[Path, typer.Argument(help="Grid YAML: teacher and student configs, students, methods, targets.")],
     train: Annotated[bool, typer.Option("--train/--no-train", help="Train missing runs first (partial ones resume).")] = True,
     cost: Annotated[bool, typer.Option("--cost/--no-cost", help="Measure params, GFLOPs and CPU latency (needs a quiet machine); --no-cost reports the last measurement kept beside the table.")] = True,
+    status: Annotated[bool, typer.Option("--status", help="Only list each run and how far it has trained; train and evaluate nothing.")] = False,
 ) -> None:
     """Cross-domain grid: train on a source dataset, test on targets, write the table and figures."""
-    from .experiment import run_grid
+    from .experiment import grid_status, run_grid
 
-    console.print(run_grid(grid, train=train, with_cost=cost))
+    if not status:
+        console.print(run_grid(grid, train=train, with_cost=cost))
+        return
+    runs = grid_status(grid)
+    table = Table(title=f"{grid}: {sum(progress.startswith('done') for _, _, progress in runs)} of {len(runs)} runs done")
+    for column in ("row", "run", "progress"):
+        table.add_column(column, overflow="fold")  # a cut path is no use
+    for row in runs:
+        table.add_row(*row)
+    console.print(table)
 
 
 RegistrationMethodOpt = Annotated[str, typer.Option(

@@ -278,17 +278,41 @@ def _config_differences(saved: dict[str, Any], run: Run) -> list[str]:
     ]
 
 
-def check_run_config(run: Run) -> None:
-    """A run folder that exists must hold this grid's run, not one trained with other settings."""
+def _saved_differences(run: Run) -> list[str]:
+    """How the config saved in ``run``'s folder differs from the planned one (none if no folder)."""
     saved = run.run_dir / "config.yaml"
     if run.weights or not saved.is_file():
-        return
-    differences = _config_differences(config_to_dict(load_config(saved)), run)
-    if differences:
+        return []
+    return _config_differences(config_to_dict(load_config(saved)), run)
+
+
+def check_run_config(run: Run) -> None:
+    """A run folder that exists must hold this grid's run, not one trained with other settings."""
+    if differences := _saved_differences(run):
         raise MeddistillError(
             f"{run.run_dir} holds a run with other settings ({differences[0]}); "
             "move it away or give the grid another name"
         )
+
+
+def run_progress(run: Run) -> str:
+    """How far ``run`` has come, in words: its given weights, its epochs, or its pre-stages."""
+    if run.weights:
+        return f"done: weights {run.weights}"
+    if differences := _saved_differences(run):
+        return f"other settings in its folder ({differences[0]})"
+    state = run.state()
+    meta = run.run_dir / "last.json"
+    if meta.is_file():
+        return f"{state}: {json.loads(meta.read_text())['epoch'] + 1} of {run.config.train.epochs} epochs"
+    stages = sorted(p.stem.removeprefix("stage-") for p in run.run_dir.glob("stage-*.json"))
+    return f"{state}: pre-stage {', '.join(stages)} trained" if stages else state
+
+
+def grid_status(path: str | Path) -> list[tuple[str, str, str]]:
+    """(row label, run folder or weights, :func:`run_progress`) for every run of a grid, in order."""
+    teacher, students = plan_runs(load_grid(path))
+    return [(run.label, run.source, run_progress(run)) for run in (teacher, *students)]
 
 
 def copy_pre_stages(source: Path, run_dir: Path) -> None:
