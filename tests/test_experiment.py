@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config_dict
 from meddistill.builders import phantom_samples
-from meddistill import experiment
-from meddistill import cli
+from meddistill import cli, experiment
 from meddistill.cli import app
 from meddistill.config import config_to_dict
 from meddistill.cost import ModelCost
