@@ -12,6 +12,7 @@ import os
 import random
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .checkpoint import load_state, load_training_state, load_weights, save_mode
 from .config import ExperimentConfig, OptimizerConfig, ScheduleConfig, config_to_dict, save_config
 from .distill import METHODS, build_distiller
 from .errors import MeddistillError
+from .run_lock import hold_run_folder
 from .tasks import build_task
 
 console = Console(stderr=True)
@@ -269,6 +271,11 @@ class Trainer:
 
     # ---- loop -----------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
+        # only the main rank writes the folder, so only it holds it
+        with hold_run_folder(self.run_dir) if self.dist.is_main else nullcontext():
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> TrainResult:
         if resume:
             self.resume()
         elif self.dist.is_main and (self.run_dir / "last.json").exists():
