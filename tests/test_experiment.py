@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from meddistill.cli import app
 from meddistill.config import config_to_dict
 from meddistill.cost import ModelCost
 from meddistill.experiment import load_grid, plan_runs
+from meddistill.run_lock import hold_run_folder
 
 
 def _write_folder_dataset(root, samples):
@@ -132,6 +134,9 @@ def test_status_lists_how_far_each_run_has_trained(grid, tmp_path, monkeypatch):
     assert "partial: pre-stage autoencoder trained" in lines["enet / gkd"]
     assert lines["teacher"].rstrip("│ ").endswith("missing") and lines["enet / kd"].rstrip("│ ").endswith("missing")
     assert not (tmp_path / "results").exists()  # nothing trained or evaluated
+    with hold_run_folder(run_dirs["enet / gkd"]):  # as a training does
+        busy = CliRunner().invoke(app, ["experiment", str(grid), "--status"])
+    assert re.search(r"partial: pre-stage autoencoder trained, training now \(process \d+ on ", busy.output), busy.output
     # a folder holding a run with other settings says so
     (run_dirs["enet / none"] / "config.yaml").write_text(yaml.safe_dump(config_to_dict(scratch.config) | {"seed": 5}))
     changed = CliRunner().invoke(app, ["experiment", str(grid), "--status"])

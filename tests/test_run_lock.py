@@ -11,16 +11,19 @@ from conftest import tiny_config_dict
 from meddistill import run_lock
 from meddistill.cli import app
 from meddistill.errors import MeddistillError
-from meddistill.run_lock import hold_run_folder
+from meddistill.run_lock import hold_run_folder, run_folder_holder
 
 pytestmark = pytest.mark.skipif(run_lock.fcntl is None, reason="folders are not locked without fcntl")
 
 
 def test_a_held_folder_is_refused_until_it_is_released(tmp_path):
+    assert run_folder_holder(tmp_path / "run") is None
     with hold_run_folder(tmp_path / "run"):
+        assert run_folder_holder(tmp_path / "run").startswith("process ")
         with pytest.raises(MeddistillError, match=r"run is being trained by process \d+ on .+; wait for it"):
             with hold_run_folder(tmp_path / "run"):
                 pass
+    assert run_folder_holder(tmp_path / "run") is None
     with hold_run_folder(tmp_path / "run"):  # released with the block
         pass
 
@@ -31,6 +34,7 @@ def test_a_lock_left_by_a_process_that_died_is_free(tmp_path):
             "held = hold_run_folder(sys.argv[1]); held.__enter__(); os._exit(1)")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], check=False)
     assert (tmp_path / "run" / "run.lock").read_text().startswith("process ")
+    assert run_folder_holder(tmp_path / "run") is None
     with hold_run_folder(tmp_path / "run"):
         pass
 

@@ -38,6 +38,7 @@ from .errors import MeddistillError
 from .fsd import frechet_semantic_distance, load_gkd_alignment
 from .inference import evaluate_samples, predict_probability
 from .registry import did_you_mean
+from .run_lock import run_folder_holder
 from .report import overlay, plot_panels
 from .zoo import build_network, load_model, resolve_checkpoint
 
@@ -304,9 +305,13 @@ def run_progress(run: Run) -> str:
     state = run.state()
     meta = run.run_dir / "last.json"
     if meta.is_file():
-        return f"{state}: {json.loads(meta.read_text())['epoch'] + 1} of {run.config.train.epochs} epochs"
-    stages = sorted(p.stem.removeprefix("stage-") for p in run.run_dir.glob("stage-*.json"))
-    return f"{state}: pre-stage {', '.join(stages)} trained" if stages else state
+        progress = f"{state}: {json.loads(meta.read_text())['epoch'] + 1} of {run.config.train.epochs} epochs"
+    elif stages := sorted(p.stem.removeprefix("stage-") for p in run.run_dir.glob("stage-*.json")):
+        progress = f"{state}: pre-stage {', '.join(stages)} trained"
+    else:
+        progress = state
+    holder = run_folder_holder(run.run_dir)
+    return f"{progress}, training now ({holder})" if holder else progress
 
 
 def grid_status(path: str | Path) -> list[tuple[str, str, str]]:

@@ -42,10 +42,8 @@ def hold_run_folder(run_dir: str | Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
             raise MeddistillError(
-                f"{run_dir} is being trained by {holder}; wait for it to finish, or give this run another name"
+                f"{run_dir} is being trained by {_holder(lock)}; wait for it to finish, or give this run another name"
             ) from None
         lock.truncate(0)
         lock.write(f"process {os.getpid()} on {socket.gethostname()}")
@@ -54,3 +52,21 @@ def hold_run_folder(run_dir: str | Path) -> Iterator[None]:
             yield
         finally:
             lock.truncate(0)  # the lock itself goes with the file handle
+
+
+def run_folder_holder(run_dir: str | Path) -> str | None:
+    """Who is training ``run_dir`` now (``"process N on HOST"``), or None."""
+    path = Path(run_dir) / LOCK_NAME
+    if fcntl is None or not path.is_file():
+        return None
+    with open(path) as lock:
+        try:  # a shared lock is refused only while a training holds the folder
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(lock)
+    return None
+
+
+def _holder(lock) -> str:
+    lock.seek(0)
+    return lock.read().strip() or "another process"
