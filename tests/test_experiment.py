@@ -136,7 +136,9 @@ def test_status_lists_how_far_each_run_has_trained(grid, tmp_path, monkeypatch):
     assert not (tmp_path / "results").exists()  # nothing trained or evaluated
     with hold_run_folder(run_dirs["enet / gkd"]):  # as a training does
         busy = CliRunner().invoke(app, ["experiment", str(grid), "--status"])
+        twice = CliRunner().invoke(app, ["experiment", str(grid)])  # a second run of a grid that trains
     assert re.search(r"partial: pre-stage autoencoder trained, training now \(process \d+ on ", busy.output), busy.output
+    assert twice.exit_code == 2 and "enet / gkd is being trained by process" in twice.output, twice.output
     # a folder holding a run with other settings says so
     (run_dirs["enet / none"] / "config.yaml").write_text(yaml.safe_dump(config_to_dict(scratch.config) | {"seed": 5}))
     changed = CliRunner().invoke(app, ["experiment", str(grid), "--status"])

@@ -359,6 +359,9 @@ def train_runs(runs: list[Run], parallel: int) -> None:
     for run in runs:
         check_run_config(run)
     pending = [r for r in runs if r.state() != "done"]
+    for run in pending:
+        if holder := run_folder_holder(run.run_dir):
+            raise MeddistillError(f"{run.label} is being trained by {holder}: is this grid running already?")
     running: list[tuple[Run, subprocess.Popen]] = []
     while pending or running:
         while len(running) < parallel:
