@@ -38,8 +38,8 @@ from .errors import MeddistillError
 from .fsd import frechet_semantic_distance, load_gkd_alignment
 from .inference import evaluate_samples, predict_probability
 from .registry import did_you_mean
-from .run_lock import run_folder_holder
 from .report import overlay, plot_panels
+from .run_lock import run_folder_holder
 from .zoo import build_network, load_model, resolve_checkpoint
 
 METRICS = {"sensitivity": "Se", "accuracy": "Acc", "auc": "AUC", "f1": "F1", "miou": "mIoU"}
