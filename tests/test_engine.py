@@ -35,10 +35,12 @@ def test_same_seed_gives_identical_weights(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_continues_a_killed_run_to_the_same_result(tmp_path):
-    full = train(config_from_dict(tiny_config_dict(tmp_path, "full", train={"epochs": 3, "batch_size": 2})), progress=False)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_continues_a_killed_run_to_the_same_result(tmp_path, ema_decay):
+    settings = {"epochs": 3, "batch_size": 2, "ema_decay": ema_decay}
+    full = train(config_from_dict(tiny_config_dict(tmp_path, "full", train=settings)), progress=False)
     # A run "killed" after its first epoch: same config but stopped at epoch 1 ...
-    values = tiny_config_dict(tmp_path, "killed", train={"epochs": 3, "batch_size": 2})
+    values = tiny_config_dict(tmp_path, "killed", train=settings)
     trainer = Trainer(config_from_dict(values), progress=False)
     trainer.config.train.epochs = 1
     trainer.fit()
@@ -48,6 +50,20 @@ def test_resume_continues_a_killed_run_to_the_same_result(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     wf, wr = _weights(full.run_dir), _weights(resumed.run_dir)
     assert all(torch.allclose(wf[k], wr[k], atol=1e-6) for k in wf)
+
+
+def test_weight_averaging_saves_the_average_and_keeps_the_raw_weights_for_resuming(tmp_path):
+    result = train(config_from_dict(tiny_config_dict(tmp_path, train={"epochs": 2, "batch_size": 2, "ema_decay": 0.5})), progress=False)
+    state = torch.load(result.run_dir / "last.state.pt", weights_only=True)
+    saved = _weights(result.run_dir)
+    averaged = {k.removeprefix("module."): v for k, v in state["averaged"].items() if k.startswith("module.")}
+    raw = {k.removeprefix("student."): v for k, v in state["distiller"].items() if k.startswith("student.")}
+    assert saved.keys() == averaged.keys() == raw.keys()
+    assert all(torch.equal(saved[k], averaged[k]) for k in saved)
+    assert not all(torch.equal(saved[k], raw[k]) for k in saved)
+    assert int(state["averaged"]["n_averaged"]) > 1  # one update a step
+    with pytest.raises(MeddistillError, match="train.ema_decay must be at least 0 and below 1"):
+        Trainer(config_from_dict(tiny_config_dict(tmp_path, "bad", train={"ema_decay": 1.0})), progress=False)
 
 
 def test_existing_run_is_never_overwritten(tmp_path):

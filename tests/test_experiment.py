@@ -143,6 +143,7 @@ def test_status_lists_how_far_each_run_has_trained(grid, tmp_path, monkeypatch):
     (run_dirs["enet / none"] / "config.yaml").write_text(yaml.safe_dump(config_to_dict(scratch.config) | {"seed": 5}))
     changed = CliRunner().invoke(app, ["experiment", str(grid), "--status"])
     assert "other settings in its folder (seed: 5 there, 0 here)" in changed.output
+    assert "0 of 4 runs done" in changed.output  # its epochs are another run's
 
 
 def test_grid_mistakes_are_one_line_errors(grid, tmp_path):

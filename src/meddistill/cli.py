@@ -145,11 +145,11 @@ def experiment(
         console.print(run_grid(grid, train=train, with_cost=cost))
         return
     runs = grid_status(grid)
-    table = Table(title=f"{grid}: {sum(progress.startswith('done') for _, _, progress in runs)} of {len(runs)} runs done")
+    table = Table(title=f"{grid}: {sum(state == 'done' for _, _, state, _ in runs)} of {len(runs)} runs done")
     for column in ("row", "run", "progress"):
         table.add_column(column, overflow="fold")  # a cut path is no use
-    for row in runs:
-        table.add_row(*row)
+    for label, source, _, progress in runs:
+        table.add_row(label, source, progress)
     console.print(table)
 
 

@@ -94,6 +94,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads on CPU; null keeps torch's default
     deterministic: bool = True
+    # > 0: validate, save and ship an exponential moving average of the weights, updated every
+    # step with this decay (it averages about the last 1 / (1 - decay) steps); 0 disables
+    ema_decay: float = 0.0
 
 
 @dataclass

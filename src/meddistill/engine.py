@@ -23,6 +23,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .builders import build_configured_network, build_teacher
@@ -139,7 +140,8 @@ class Trainer:
     """Train ``config.student`` with ``config.method``; checkpoints go to ``config.run_dir``.
 
     Run files: ``config.yaml``, ``last.*`` (every epoch, resumable), ``best.*`` (best
-    validation ``train.monitor``), ``metrics.csv`` and TensorBoard events in ``tb/``.
+    validation ``train.monitor``), ``metrics.csv`` and TensorBoard events in ``tb/``. With
+    ``train.ema_decay`` the validated and saved student is the moving average of its weights.
     """
 
     def __init__(self, config: ExperimentConfig, *, progress: bool = True) -> None:
@@ -182,6 +184,17 @@ class Trainer:
                 "to a checkpoint of the student trained with method 'none'"
             )
         self.student = build_configured_network(config.student)
+        decay = config.train.ema_decay
+        if not 0 <= decay < 1:
+            raise MeddistillError(f"train.ema_decay must be at least 0 and below 1, not {decay}")
+        # Polyak averaging: weights averaged over the last ~1 / (1 - decay) steps sit nearer a
+        # wide minimum than the last step's, and vary less from one epoch to the next.
+        self.averaged = (
+            AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True).to(self.device)
+            if decay
+            else None
+        )
+        self.kept_student = self.averaged.module if self.averaged else self.student  # validated and saved
         teacher = build_teacher(config, self.task_meta) if method.needs_teacher else None
         example = self.dataset[0]["image"].unsqueeze(0)
         self.distiller = build_distiller(
@@ -231,7 +244,7 @@ class Trainer:
         }
 
     def _save(self, epoch: int, metrics: dict[str, float], is_best: bool) -> None:
-        save_model(self.run_dir / "last", self.student, self._model_meta(epoch, metrics))
+        save_model(self.run_dir / "last", self.kept_student, self._model_meta(epoch, metrics))
         save_training_state(
             self.run_dir / "last.state.pt",
             {
@@ -244,10 +257,11 @@ class Trainer:
                 "best_epoch": self.best_epoch,
                 "best_metrics": self.best_metrics,
                 "torch_rng": torch.get_rng_state(),
+                **({"averaged": {k: v.cpu() for k, v in self.averaged.state_dict().items()}} if self.averaged else {}),
             },
         )
         if is_best:
-            save_model(self.run_dir / "best", self.student, self._model_meta(epoch, metrics))
+            save_model(self.run_dir / "best", self.kept_student, self._model_meta(epoch, metrics))
 
     def _stage_stem(self, name: str) -> Path:
         return self.run_dir / f"stage-{name}"
@@ -267,6 +281,8 @@ class Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.best_metrics = dict(state["best_metrics"])
         torch.set_rng_state(state["torch_rng"])
+        if self.averaged and "averaged" in state:  # else averaging starts from the resumed weights
+            load_state(self.averaged, state["averaged"], str(state_path))
         self.start_epoch = int(state["epoch"]) + 1
 
     # ---- loop -----------------------------------------------------------------------
@@ -295,7 +311,7 @@ class Trainer:
             self.distiller.set_stage("distill")
             task = bar.add_task(self.config.name, total=(epochs - self.start_epoch) * len(self.loader))
             for epoch in range(self.start_epoch, epochs):
-                row = self._train_epoch(epoch, bar, task, self.optimizer, self.config.name)
+                row = self._train_epoch(epoch, bar, task, self.optimizer, self.config.name, self.averaged)
                 self.schedule.step()
                 metrics = self._validate(epoch)
                 row.update({f"val_{k}": v for k, v in metrics.items()})
@@ -334,7 +350,13 @@ class Trainer:
             self.dist.barrier()
 
     def _train_epoch(
-        self, epoch: int, bar: Progress, task, optimizer: torch.optim.Optimizer, label: str
+        self,
+        epoch: int,
+        bar: Progress,
+        task,
+        optimizer: torch.optim.Optimizer,
+        label: str,
+        averaged: AveragedModel | None = None,
     ) -> dict[str, float]:
         self.model.train()
         self.dataset.set_epoch(epoch)
@@ -363,6 +385,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(params, self.config.train.grad_clip)
             self.scaler.step(optimizer)
             self.scaler.update()
+            if averaged is not None:
+                averaged.update_parameters(self.student)
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
             sums["loss"] = sums.get("loss", 0.0) + total.item()
@@ -379,7 +403,7 @@ class Trainer:
             return {}
         if epoch % self.config.train.val_every and not last:
             return {}
-        return self.task.validate(self.student, self.val_samples, self.device)
+        return self.task.validate(self.kept_student, self.val_samples, self.device)
 
     def _update_best(self, epoch: int, metrics: dict[str, float]) -> bool:
         if not metrics:  # no validation this epoch (or no validation set): the latest is best

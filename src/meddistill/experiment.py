@@ -251,12 +251,21 @@ def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
     return teacher, students
 
 
+def _folder_progress(run_dir: Path, epochs: int) -> tuple[str, str]:
+    """(:func:`run_state`, how far the run in ``run_dir`` has come in words)."""
+    meta = run_dir / "last.json"
+    if meta.is_file():
+        trained = json.loads(meta.read_text())["epoch"] + 1
+        state = "done" if trained >= epochs else "partial"
+        return state, f"{state}: {trained} of {epochs} epochs"
+    if stages := sorted(p.stem.removeprefix("stage-") for p in run_dir.glob("stage-*.json")):
+        return "partial", f"partial: pre-stage {', '.join(stages)} trained"
+    return "missing", "missing"
+
+
 def run_state(run_dir: Path, epochs: int) -> str:
     """``done``, ``partial`` (resumable) or ``missing``."""
-    meta = run_dir / "last.json"
-    if not meta.is_file():
-        return "partial" if list(run_dir.glob("stage-*.json")) else "missing"
-    return "done" if json.loads(meta.read_text())["epoch"] >= epochs - 1 else "partial"
+    return _folder_progress(run_dir, epochs)[0]
 
 
 def _differences(saved: Any, planned: Any, where: str = "") -> list[str]:
@@ -296,28 +305,23 @@ def check_run_config(run: Run) -> None:
         )
 
 
-def run_progress(run: Run) -> str:
-    """How far ``run`` has come, in words: its given weights, its epochs, or its pre-stages."""
+def run_progress(run: Run) -> tuple[str, str]:
+    """(state, how far ``run`` has come in words: its given weights, its epochs, or its
+    pre-stages). The state is :meth:`Run.state`, or ``other settings`` when its folder holds
+    another run."""
     if run.weights:
-        return f"done: weights {run.weights}"
+        return "done", f"done: weights {run.weights}"
     if differences := _saved_differences(run):
-        return f"other settings in its folder ({differences[0]})"
-    state = run.state()
-    meta = run.run_dir / "last.json"
-    if meta.is_file():
-        progress = f"{state}: {json.loads(meta.read_text())['epoch'] + 1} of {run.config.train.epochs} epochs"
-    elif stages := sorted(p.stem.removeprefix("stage-") for p in run.run_dir.glob("stage-*.json")):
-        progress = f"{state}: pre-stage {', '.join(stages)} trained"
-    else:
-        progress = state
+        return "other settings", f"other settings in its folder ({differences[0]})"
+    state, words = _folder_progress(run.run_dir, run.config.train.epochs)
     holder = run_folder_holder(run.run_dir)
-    return f"{progress}, training now ({holder})" if holder else progress
+    return state, f"{words}, training now ({holder})" if holder else words
 
 
-def grid_status(path: str | Path) -> list[tuple[str, str, str]]:
-    """(row label, run folder or weights, :func:`run_progress`) for every run of a grid, in order."""
+def grid_status(path: str | Path) -> list[tuple[str, str, str, str]]:
+    """(row label, run folder or weights, *:func:`run_progress`) for every run of a grid, in order."""
     teacher, students = plan_runs(load_grid(path))
-    return [(run.label, run.source, run_progress(run)) for run in (teacher, *students)]
+    return [(run.label, run.source, *run_progress(run)) for run in (teacher, *students)]
 
 
 def copy_pre_stages(source: Path, run_dir: Path) -> None:
