@@ -1,4 +1,4 @@
-"""Run under torchrun by test_ddp.py: train, then record this rank's weight checksum.
+"""Run under torchrun by test_ddp.py: train, then record the checksum of this rank's weights and their average.
 
 Arguments: the output folder, and optionally ``gkd`` to distil with GKD (pre-stages included)
 from the teacher and student the test saved there.
@@ -21,6 +21,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     out = __import__("pathlib").Path(sys.argv[1])
     values = tiny_config_dict(out, "ddp")
+    values["train"]["ema_decay"] = 0.9  # the averaged weights must agree across ranks too
     if sys.argv[2:] == ["gkd"]:
         values.update(
             teacher={"name": "fanet", "args": {"base_channels": 8}, "weights": str(out / "teacher")},
@@ -30,7 +31,8 @@ if __name__ == "__main__":
     trainer = Trainer(config_from_dict(values), progress=False)
     trainer.fit()
     digest = hashlib.sha256()
-    for name, tensor in sorted(trainer.student.state_dict().items()):
+    weights = {**trainer.student.state_dict(), **{f"averaged.{k}": v for k, v in trainer.kept_student.state_dict().items()}}
+    for name, tensor in sorted(weights.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().numpy().tobytes())
     rank = dist.get_rank()

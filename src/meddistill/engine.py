@@ -393,6 +393,8 @@ class Trainer:
             steps += 1
             bar.update(task, advance=1, description=f"{label} e{epoch} loss {total.item():.4f}")
         self.dist.average_buffers(self.distiller)
+        if averaged is not None:  # it averaged each rank's own running statistics
+            self.dist.average_buffers(averaged)
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         row.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
         return row
