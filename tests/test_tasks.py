@@ -37,8 +37,9 @@ def test_cldice_term_by_hand():
 def test_cldice_is_off_by_default_and_its_weight_is_checked():
     logits, labels = _bar_prediction_of_a_line()
     assert set(SegmentationTask().losses(logits, {"label": labels})) == {"task"}
-    with pytest.raises(MeddistillError, match="cldice_weight must be at least 0"):
-        SegmentationTask(cldice_weight=-1.0)
+    for weight in (-1.0, "abc"):
+        with pytest.raises(MeddistillError, match="cldice_weight must be a number at least 0"):
+            SegmentationTask(cldice_weight=weight)
 
 
 def test_cldice_term_is_trained_and_logged(tmp_path):

@@ -78,8 +78,8 @@ class SegmentationTask(Task):
         self.criterion = (
             DiceCELoss(to_onehot_y=True, softmax=True) if loss == "dice_ce" else nn.CrossEntropyLoss()
         )
-        if cldice_weight < 0:
-            raise MeddistillError(f"task.args.cldice_weight must be at least 0, not {cldice_weight}")
+        if not isinstance(cldice_weight, (int, float)) or cldice_weight < 0:
+            raise MeddistillError(f"task.args.cldice_weight must be a number at least 0, not {cldice_weight!r}")
         self.cldice_weight = cldice_weight
         self.cldice = SoftclDiceLoss(to_onehot_y=True, softmax=True, include_background=False)
 
