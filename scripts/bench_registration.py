@@ -5,7 +5,7 @@
         --json docs/results/registration_bench.json
 
 A method is NAME or NAME=CHECKPOINT (learned methods). For each one: failed / inaccurate /
-acceptable rates, AUC per category and mAUC (homography, 768×768), the median and
+acceptable rates, AUC per category and mAUC (``--model``, homography by default; 768×768), the median and
 interquartile seconds per pair (preprocessing, detection of both photos, matching, robust
 estimation) with ``--threads`` torch/OpenCV threads, and for networks their parameters,
 GFLOPs and peak memory at 1×1×768×768. The methods take turns pair by pair, so a busy machine
@@ -29,7 +29,7 @@ import torch
 
 from meddistill.cost import measure_cost
 from meddistill.data import read_rgb
-from meddistill.registration import KEYPOINT_METHODS, load_fire, register_images, score_pair, summarize
+from meddistill.registration import KEYPOINT_METHODS, fit_quadratic, load_fire, register_images, score_pair, summarize
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("--method", action="append", required=True)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--model", default="homography", help="affine or homography")
+    parser.add_argument("--model", default="homography", help="affine, homography or quadratic")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threshold-px", type=float, default=10.0, help="inlier threshold, px at 768")
     parser.add_argument("--guided-radius", type=float, default=12.0, help="px at 768; 0: no guided matching")
@@ -63,7 +63,7 @@ def main() -> None:
             result = register_images(*images[pair.name], detector, model=args.model, threshold_px=args.threshold_px,
                                      guided_radius=args.guided_radius,
                                      fov_margin=None if args.fov_margin < 0 else args.fov_margin)
-            outcomes[spec].append(score_pair(pair, result.transform))
+            outcomes[spec].append(score_pair(pair, result.mapping))
             seconds[spec].append(result.seconds)
     report = {}
     if args.ceiling:
@@ -98,6 +98,8 @@ def ground_truth_fit(pair, model: str) -> np.ndarray:
     moving, fixed = pair.moving_points.astype(np.float64), pair.fixed_points.astype(np.float64)
     if model == "homography":
         return cv2.findHomography(moving, fixed, 0)[0]
+    if model == "quadratic":
+        return fit_quadratic(moving, fixed, threshold_px=np.inf, rounds=1, min_points=6)[0]
     affine = np.linalg.lstsq(np.c_[moving, np.ones(len(moving))], fixed, rcond=None)[0].T  # (2, 3)
     return np.vstack([affine, [0.0, 0.0, 1.0]])
 

@@ -19,14 +19,19 @@ from meddistill.registration import (
     build_matcher,
     category_auc,
     estimate_transform,
+    fit_quadratic,
     fov_interior,
     load_fire,
+    map_points,
     match_guided,
     match_mutual_nearest,
     plausible,
     register_images,
+    quadratic_terms,
     score_pair,
     summarize,
+    unmap_points,
+    warp_to_fixed,
 )
 from meddistill.registration.synthetic import fire_frame, synthetic_pair, write_fire_benchmark
 
@@ -92,6 +97,41 @@ def test_estimate_transform_rejects_outliers():
     assert estimate_transform(source[:2], target[:2]).matrix is None
     with pytest.raises(MeddistillError, match="unknown transform model"):
         estimate_transform(source, target, "rigid")
+
+
+# x' = 5 + x + 0.001 x², y' = -3 + y + 0.002 xy: a shift with a mild bend, in pixels
+BENT = np.array([[5.0, 1.0, 0.0, 0.001, 0.0, 0.0], [-3.0, 0.0, 1.0, 0.0, 0.002, 0.0]])
+
+
+def test_quadratic_terms_and_mapping_by_hand():
+    assert quadratic_terms(np.array([[2.0, 3.0]])).tolist() == [[1, 2, 3, 4, 6, 9]]
+    assert map_points(BENT, np.array([[10.0, 20.0]]))[0].tolist() == pytest.approx([15.1, 17.4])
+    assert map_points(np.diag([2.0, 2.0, 1.0]), np.array([[10.0, 20.0]])).tolist() == [[20.0, 40.0]]
+    points = np.array([[10.0, 20.0], [300.0, 50.0], [0.0, 0.0]])
+    assert np.allclose(unmap_points(BENT, map_points(BENT, points)), points, atol=1e-9)
+
+
+def test_fit_quadratic_recovers_a_bend_and_drops_outliers():
+    rng = np.random.default_rng(0)
+    source = rng.uniform(0, 500, (60, 2))
+    target = map_points(BENT, source)
+    target[:6] += 6.0  # a tenth are off by more than the threshold, as a robust first fit leaves them
+    coefficients, kept = fit_quadratic(source, target, threshold_px=3.0)
+    assert np.allclose(coefficients, BENT, atol=1e-6)
+    assert not kept[:6].any() and kept[6:].all()
+    coefficients, _ = fit_quadratic(source[:19], target[:19], threshold_px=3.0)
+    assert coefficients is None  # 20 points at least pin the twelve parameters
+
+
+def test_warp_by_a_quadratic_lands_where_it_maps():
+    moving = np.zeros((200, 240, 3), np.uint8)
+    moving[100:104, 60:64] = 255  # a bright square at (61.5, 101.5)
+    warped = warp_to_fixed(moving, BENT, (210, 260))
+    rows, columns = np.nonzero(warped[..., 0] > 127)
+    expected = map_points(BENT, np.array([[61.5, 101.5]]))[0]
+    assert np.hypot(columns.mean() - expected[0], rows.mean() - expected[1]) < 0.5
+    with pytest.raises(MeddistillError, match="unknown transform model"):
+        estimate_transform(np.zeros((4, 2)), np.zeros((4, 2)), "cubic")
 
 
 def test_plausibility():
@@ -169,6 +209,25 @@ def test_guided_refinement_adds_inliers_and_can_be_skipped(photo):
     assert plain.status == guided.status == "ok"
     assert guided.inliers > plain.inliers
     assert len(guided.fixed_points) == guided.matches == len(guided.inlier_mask)
+
+
+def test_quadratic_model_follows_a_bent_retina(photo, monkeypatch):
+    # moving pixel m shows fixed pixel bent(m): a bend no homography has (x' grows with y², y' with x²)
+    bent = np.array([[4.0, 1.0, 0.0, 0.0, 0.0, 4e-5], [-2.0, 0.0, 1.0, 4e-5, 0.0, 0.0]])
+    grid = np.stack(np.meshgrid(np.arange(384.0), np.arange(384.0)), -1).reshape(-1, 2)
+    source = map_points(bent, grid).reshape(384, 384, 2).astype(np.float32)
+    moving = cv2.remap(photo, source[..., 0], source[..., 1], cv2.INTER_LINEAR)
+    points = np.array([[70.0, 192.0], [314.0, 192.0], [192.0, 70.0], [192.0, 314.0], [110.0, 110.0], [274.0, 274.0]])
+    error = lambda result: np.abs(map_points(result.mapping, points) - map_points(bent, points)).max()  # noqa: E731
+    flat = register_images(photo, moving, "sift", model="homography", size=384)
+    curved = register_images(photo, moving, "sift", model="quadratic", size=384)
+    assert flat.quadratic is None and curved.quadratic.shape == (2, 6)
+    assert error(curved) < 0.5 < error(flat)
+    assert np.array(curved.to_json()["quadratic"]).shape == (2, 6)
+    assert np.allclose(curved.transform, flat.transform)  # the homography it starts from is reported too
+    monkeypatch.setattr("meddistill.registration.pipeline.MAX_BEND", 1e-4)  # any bend is too much
+    guarded = register_images(photo, moving, "sift", model="quadratic", size=384)
+    assert guarded.status == "ok" and guarded.quadratic is None and np.array_equal(guarded.mapping, guarded.transform)
 
 
 def _registration_error(photo, method, size, matcher=None):
@@ -260,6 +319,11 @@ def test_register_cli_single_batch_and_failure(photo, tmp_path):
     assert {"matches", "inliers", "seconds"} <= set(report) and report["inliers"] >= 10
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
         "moving_checkerboard.png", "moving_matches.png", "moving_overlay.png"]
+    result = runner.invoke(app, ["register", str(fixed), str(moving), "--model", "quadratic", "--out", str(tmp_path / "bent.png"),
+                                 "--json", str(tmp_path / "q.json")])
+    assert result.exit_code == 0, result.output
+    assert np.array(json.loads((tmp_path / "q.json").read_text())["quadratic"]).shape == (2, 6)
+    assert np.abs(np.asarray(Image.open(tmp_path / "bent.png"), float) - np.asarray(Image.open(tmp_path / "warped.png"), float)).mean() < 2
     result = runner.invoke(app, ["register", str(fixed), str(moving), "--fov-margin", "-1", "--json", str(tmp_path / "k.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "k.json").read_text())["matches"] > report["matches"]  # the rim's keypoints kept

@@ -159,7 +159,9 @@ WeightsOpt = Annotated[Optional[str], typer.Option(help="Checkpoint for a learne
 MatcherOpt = Annotated[Optional[str], typer.Option(help="Matcher: mnn or glue (default: the method's best).")]
 MatcherWeightsOpt = Annotated[Optional[str], typer.Option(
     help="Checkpoint of the glue matcher (default: the shipped glue-METHOD, trained on that method's keypoints).")]
-TransformOpt = Annotated[str, typer.Option("--model", help="Transform: affine (3-point RANSAC + refit) or homography (MAGSAC++).")]
+TransformOpt = Annotated[str, typer.Option(
+    "--model", help="Transform: affine (3-point RANSAC + refit), homography (MAGSAC++) or quadratic (the homography "
+    "bent to the curved retina on its inliers).")]
 
 
 def _keypoint_method(method: str, weights: str | None, matcher: str | None, matcher_weights: str | None):
@@ -195,7 +197,7 @@ def evaluate_fire(
     outcomes, seconds = [], []
     for pair in track(pairs, description=f"{method} on {len(pairs)} pairs", console=console):
         result = register_images(read_rgb(pair.fixed), read_rgb(pair.moving), detector, pair_matcher, model)
-        outcomes.append(score_pair(pair, result.transform))
+        outcomes.append(score_pair(pair, result.mapping))
         seconds.append(result.seconds)
     summary = summarize(outcomes) | {"seconds_per_pair": float(sum(seconds) / len(seconds))}
     table = Table(title=f"FIRE protocol: {method} ({model}) on {root}")
@@ -229,6 +231,9 @@ def register(
 ) -> None:
     """Register MOVING onto FIXED; the transform maps moving pixels to fixed pixels (original sizes).
 
+    With --model quadratic the JSON adds `quadratic`: x_fixed, y_fixed = its two rows times
+    (1, x, y, x², xy, y²) of the moving pixel (null where the inliers do not support a bend).
+
     Exit status 1 when a single registration fails (its JSON says why)."""
     from .data import read_rgb, write_png
     from .registration import register_images, warp_to_fixed
@@ -239,8 +244,8 @@ def register(
     def run_one(fixed_path: Path, moving_path: Path, warped_path: Path | None, json_path: Path | None, figure_dir: Path | None, stem: str):
         fixed, moving = read_rgb(fixed_path), read_rgb(moving_path)
         result = register_images(fixed, moving, detector, pair_matcher, model, fov_margin=None if fov_margin < 0 else fov_margin)
-        if warped_path is not None and result.transform is not None:
-            write_png(warped_path, warp_to_fixed(moving, result.transform, fixed.shape))
+        if warped_path is not None and result.mapping is not None:
+            write_png(warped_path, warp_to_fixed(moving, result.mapping, fixed.shape))
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps({"fixed": str(fixed_path), "moving": str(moving_path), "method": method,

@@ -11,8 +11,8 @@ from .features import (
     match_guided,
     match_mutual_nearest,
 )
-from .fire import FirePair, PairOutcome, category_auc, load_fire, map_points, score_pair, summarize
-from .geometry import Estimate, estimate_transform, plausible
+from .fire import FirePair, PairOutcome, category_auc, load_fire, score_pair, summarize
+from .geometry import Estimate, bend, estimate_transform, fit_quadratic, map_points, plausible, quadratic_terms, unmap_points
 from .pipeline import RegistrationResult, register_images, warp_to_fixed
 from .preprocess import fov_interior, preprocess_fundus, resize_matrix
 from .task import KeypointPairDataset, KeypointTask, warp_to_reference
@@ -32,9 +32,11 @@ __all__ = [
     "MatchingTask",
     "PairOutcome",
     "RegistrationResult",
+    "bend",
     "build_matcher",
     "category_auc",
     "estimate_transform",
+    "fit_quadratic",
     "fov_interior",
     "load_fire",
     "map_points",
@@ -43,10 +45,12 @@ __all__ = [
     "match_mutual_nearest",
     "plausible",
     "preprocess_fundus",
+    "quadratic_terms",
     "register_images",
     "resize_matrix",
     "score_pair",
     "summarize",
+    "unmap_points",
     "warp_to_fixed",
     "warp_to_reference",
 ]

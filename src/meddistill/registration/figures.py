@@ -37,8 +37,8 @@ def colour_overlay(fixed: np.ndarray, warped: np.ndarray) -> np.ndarray:
 def registration_figures(fixed: np.ndarray, moving: np.ndarray, result: RegistrationResult) -> dict[str, np.ndarray]:
     """``matches`` always; ``checkerboard`` and ``overlay`` when the registration succeeded."""
     figures = {"matches": match_lines(fixed, moving, result)}
-    if result.transform is not None:
-        warped = warp_to_fixed(moving, result.transform, fixed.shape)
+    if result.mapping is not None:
+        warped = warp_to_fixed(moving, result.mapping, fixed.shape)
         figures["checkerboard"] = checkerboard(fixed, warped)
         figures["overlay"] = colour_overlay(fixed, warped)
     return figures

@@ -4,7 +4,8 @@ Layout: ``Images/<C><NN>_1.jpg`` (reference = fixed) and ``<C><NN>_2.jpg`` (quer
 ``Ground Truth/control_points_<C><NN>_1_2.txt`` with rows ``x_ref y_ref x_query y_query``;
 category ``C`` is S, P or A. Pair P37 is excluded (bad annotation).
 
-A method gives a 3×3 transform mapping query pixels to reference pixels (or none: failed).
+A method gives a transform mapping query pixels to reference pixels (3×3 projective, or a 2×6
+quadratic: :func:`map_points`), or none: failed.
 Per pair, the error is the mean distance between mapped query points and their reference
 points, in original pixels. A pair is *failed* without a transform, *inaccurate* when the
 largest distance exceeds 50 px or the median 20 px, *acceptable* otherwise. The AUC of a
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MeddistillError
+from .geometry import map_points
 
 CATEGORIES = ("S", "P", "A")
 EXCLUDED = ("P37",)
@@ -65,12 +67,6 @@ def load_fire(root: str | Path) -> list[FirePair]:
     if not pairs:
         raise MeddistillError(f"no FIRE pairs (Ground Truth/control_points_<C><NN>_1_2.txt) in {root}")
     return pairs
-
-
-def map_points(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a 3×3 projective transform to ``(N, 2)`` points."""
-    homogeneous = np.hstack([points, np.ones((len(points), 1))]) @ np.asarray(transform, np.float64).T
-    return homogeneous[:, :2] / homogeneous[:, 2:3]
 
 
 @dataclass
