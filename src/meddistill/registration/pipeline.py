@@ -17,7 +17,7 @@ from .preprocess import fov_interior, preprocess_fundus, resize_matrix
 # The quadratic may depart from the homography it starts from by at most this fraction of the
 # fixed photo's larger side, within the overlap. It rejects fits that the points do not pin
 # down (twelve parameters extrapolating from a cluster), not bends: on the development pairs
-# (RESULTS §3) the largest bend was 3.5 %.
+# (RESULTS §3) the largest bend, over the whole photo, was 3.5 %.
 MAX_BEND = 0.05
 
 
@@ -82,15 +82,16 @@ def register_images(
     many pairs); the default matcher is the method's, and ``"glue"`` is the one shipped for
     ``method``. Keypoints are found at ``size``×``size`` after :func:`preprocess_fundus`, and
     those within ``fov_margin`` px of the field of view's edge are dropped (:func:`fov_interior`;
-    None keeps them all). The transform is estimated there (inliers within ``threshold_px`` px
-    at ``size``) and converted to original pixels. ``model`` is ``affine``, ``homography`` or
-    ``quadratic``: the homography, then bent by :func:`fit_quadratic` on its inliers, unless
-    fewer than 20 support the bend or it departs from the homography by more than
-    :data:`MAX_BEND` (then ``quadratic`` stays None and the homography stands). The result is ``failed`` (with a reason)
-    when fewer than ``min_inliers`` matches, or fewer than ``min_inlier_ratio`` of them, agree,
-    or when the transform is implausible (a reflection or an extreme scale). An accepted transform is then
-    refined once by guided matching (:func:`match_guided`, ``guided_radius`` px at ``size``; 0
-    skips it), and the reported matches and inliers are the refined fit's.
+    None keeps them all). The transform (``model``: ``affine``, ``homography`` or ``quadratic``)
+    is estimated there (inliers within ``threshold_px`` px at ``size``) and converted to
+    original pixels. The result is ``failed`` (with a reason) when fewer than ``min_inliers``
+    matches, or fewer than ``min_inlier_ratio`` of them, agree, or when the transform is
+    implausible (a reflection or an extreme scale). An accepted transform is then refined once
+    by guided matching (:func:`match_guided`, ``guided_radius`` px at ``size``; 0 skips it),
+    and the reported matches and inliers are the refined fit's. ``quadratic`` estimates a
+    homography, which gives the verdict, then bends it by :func:`fit_quadratic` on its inliers,
+    unless fewer than 20 support the bend or it departs from the homography by more than
+    :data:`MAX_BEND` (then ``quadratic`` stays None and the homography stands).
     """
     _check_pair(fixed, moving)
     detector = KEYPOINT_METHODS.build(method) if isinstance(method, str) else method
@@ -130,11 +131,11 @@ def register_images(
         result.status = "ok"
         result.transform = np.linalg.inv(to_fixed) @ estimate.matrix @ to_moving
         if model == "quadratic":
-            result.quadratic = _bend(result, threshold_px / np.sqrt(to_fixed[0, 0] * to_fixed[1, 1]), fixed.shape, moving.shape)
+            result.quadratic = _refine_quadratic(result, threshold_px / np.sqrt(to_fixed[0, 0] * to_fixed[1, 1]), fixed.shape, moving.shape)
     return result
 
 
-def _bend(result: RegistrationResult, threshold_px: float, fixed_shape: tuple[int, ...], moving_shape: tuple[int, ...]) -> np.ndarray | None:
+def _refine_quadratic(result: RegistrationResult, threshold_px: float, fixed_shape: tuple[int, ...], moving_shape: tuple[int, ...]) -> np.ndarray | None:
     """The quadratic refinement of an accepted homography on its inliers (original pixels), or
     None where the inliers do not support one."""
     inliers = result.inlier_mask
