@@ -1,5 +1,6 @@
 """End-to-end: the CLI driven as a user would, on phantom data the tests make."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from conftest import tiny_config_dict
 from meddistill.cli import app
 from meddistill.data import Preparation, make_fundus_phantom, read_rgb
+from meddistill.report import folder_name
 
 runner = CliRunner()
 
@@ -103,10 +105,25 @@ def test_evaluate_and_bench_write_json(trained, tmp_path):
         (folder / "masks").mkdir(exist_ok=True)
         Image.fromarray(p.image).save(folder / "images" / f"e{i}.png")
         Image.fromarray((p.vessels * 255).astype(np.uint8)).save(folder / "masks" / f"e{i}.png")
-    result = invoke("evaluate", "segmentation", "--model", trained, "--dataset", "folder", "--root", folder, "--json", tmp_path / "m.json")
+    result = invoke("evaluate", "segmentation", "--model", trained, "--dataset", "folder", "--root", folder,
+                    "--json", tmp_path / "m.json", "--per-image", tmp_path / "per_image.csv", "--error-maps", tmp_path / "errors")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())["results"][str(trained)]
     assert set(metrics) >= {"sensitivity", "specificity", "accuracy", "auc", "f1", "miou"}
+    with (tmp_path / "per_image.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["image"]) for r in rows] == [(str(trained), "e0"), (str(trained), "e1")]
+    # pooled F1 = ΣTP·2 / Σ(2TP + FP + FN): a mediant of the images' F1, so between them
+    image_f1 = [float(r["f1"]) for r in rows]
+    assert min(image_f1) - 1e-9 <= metrics["f1"] <= max(image_f1) + 1e-9
+    for i in range(2):
+        photo = np.asarray(Image.open(folder / "images" / f"e{i}.png"))
+        truth = np.asarray(Image.open(folder / "masks" / f"e{i}.png")) > 0
+        drawn = np.asarray(Image.open(tmp_path / "errors" / folder_name(str(trained)) / f"e{i}_errors.png"))
+        assert drawn.shape == photo.shape
+        assert (drawn != photo).any(axis=-1)[truth].all()  # every vessel pixel is found (green) or missed (blue)
+        false_vessel = (drawn != photo).any(axis=-1) & ~truth
+        assert (drawn[false_vessel][:, 0] >= photo[false_vessel][:, 0]).all()  # red
     result = invoke("bench", "--model", trained, "--size", 64, "--repeats", 2, "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.output
     cost = json.loads((tmp_path / "b.json").read_text())[str(trained)]

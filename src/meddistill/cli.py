@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 from pathlib import Path
@@ -14,6 +15,8 @@ from rich.table import Table
 from .errors import MeddistillError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .data import Preparation
 
 app = typer.Typer(
@@ -105,18 +108,33 @@ def evaluate_segmentation(
     dataset: Annotated[str, typer.Option(help="Layout: drive, chase, stare, hrf, chaos, lits, folder or auto.")] = "auto",
     root: Annotated[Path, typer.Option(help="Dataset folder.")] = Path("."),
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics as JSON.")] = None,
+    per_image: Annotated[Optional[Path], typer.Option(
+        "--per-image", help="Write every image's own metrics as CSV, a row per model and image.")] = None,
+    error_maps: Annotated[Optional[Path], typer.Option(
+        "--error-maps", help="Write DIR/<model>/<image>_errors.png: found vessel green, false vessel red, "
+        "missed vessel blue, on the photo.")] = None,
     native_scale: NativeScaleOpt = False,
 ) -> None:
     """Vessel-segmentation metrics inside the field of view, pooled over all images."""
-    from .data import load_dataset
+    from .data import VesselSample, load_dataset, write_png
     from .inference import evaluate_samples
+    from .metrics import segmentation_metrics
+    from .report import folder_name, overlay
     from .zoo import load_model
 
     samples = load_dataset(dataset, root)
-    results = {}
+    results, rows = {}, []
     for name in model:
         net, meta = load_model(name, task="vessel-segmentation")
-        results[name] = evaluate_samples(net, samples, "cpu", _input_preparation(meta, native_scale))
+
+        def each_image(sample: VesselSample, prob: np.ndarray) -> None:
+            if per_image:
+                rows.append({"model": name, "image": sample.name, **segmentation_metrics(prob, sample.vessels, sample.fov)})
+            if error_maps:
+                truth = sample.vessels & sample.fov
+                write_png(error_maps / folder_name(name) / f"{sample.name}_errors.png", overlay(sample.image, prob >= 0.5, truth))
+
+        results[name] = evaluate_samples(net, samples, "cpu", _input_preparation(meta, native_scale), each_image)
     table = Table(title=f"{dataset} at {root} ({len(samples)} images)")
     table.add_column("model")
     columns = list(next(iter(results.values())))
@@ -128,6 +146,12 @@ def evaluate_segmentation(
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"dataset": dataset, "root": str(root), "images": len(samples), "results": results}, indent=2))
+    if per_image:
+        per_image.parent.mkdir(parents=True, exist_ok=True)
+        with per_image.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 @app.command()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 import shlex
 import shutil
 import subprocess
@@ -38,7 +37,7 @@ from .errors import MeddistillError
 from .fsd import frechet_semantic_distance, load_gkd_alignment
 from .inference import evaluate_samples, predict_probability
 from .registry import did_you_mean
-from .report import overlay, plot_panels
+from .report import folder_name, overlay, plot_panels
 from .run_lock import run_folder_holder
 from .zoo import build_network, load_model, resolve_checkpoint
 
@@ -185,11 +184,6 @@ def _cli(verb: str, config: str, overrides: dict[str, Any]) -> list[str]:
     return [sys.executable, "-m", "meddistill", verb, config, "--no-progress", *sets]
 
 
-def _slug(label: str) -> str:
-    """``gkd + intra`` → ``gkd-intra``: a row label made safe for a folder name."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
-
-
 def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: str, k: int, teacher_net: dict) -> Run:
     """Replicate ``k`` of one student × row of the grid (``base``: the grid's student config)."""
     seed = base.seed + k
@@ -197,7 +191,7 @@ def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: st
     variant = grid.methods[row]
 
     def run_name(grid_row: str) -> str:  # the run of ``grid_row`` for this student and replicate
-        return f"{grid.name}-{student}-{_slug(grid_row)}{suffix}"
+        return f"{grid.name}-{student}-{folder_name(grid_row)}{suffix}"
 
     overrides: dict[str, Any] = {
         "name": run_name(row),

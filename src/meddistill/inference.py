@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -60,14 +61,19 @@ def evaluate_samples(
     samples: list[VesselSample],
     device: torch.device | str,
     preparation: Preparation = Preparation(),
+    each: Callable[[VesselSample, np.ndarray], None] | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` pooled over whole images, inside each image's field of view,
     at the original size (each image is prepared as :func:`predict_probability` does).
+    ``each``, when given, is called with every sample and its probability map ``(H, W)``,
+    to score or draw that image alone; the maps are not kept.
     """
     accumulator = MetricAccumulator()
     for sample in samples:
         prob = predict_probability(model, sample.image, sample.fov, preparation=preparation, device=device)
         accumulator.update(prob, sample.vessels, sample.fov)
+        if each is not None:
+            each(sample, prob)
     return accumulator.compute()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import matplotlib
@@ -27,6 +28,12 @@ def overlay(image: np.ndarray, mask: np.ndarray, truth: np.ndarray | None = None
     for where, colour in layers:
         out[where] = (1 - alpha) * out[where] + alpha * np.asarray(colour, np.float32)
     return out.clip(0, 255).astype(np.uint8)
+
+
+def folder_name(label: str) -> str:
+    """``gkd + intra`` → ``gkd-intra``, ``runs/x/best`` → ``runs-x-best``: a label made safe
+    for a folder name."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
 
 
 def read_metrics_csv(path: str | Path) -> dict[str, list[float]]:
