@@ -124,6 +124,14 @@ def test_evaluate_and_bench_write_json(trained, tmp_path):
         assert (drawn != photo).any(axis=-1)[truth].all()  # every vessel pixel is found (green) or missed (blue)
         false_vessel = (drawn != photo).any(axis=-1) & ~truth
         assert (drawn[false_vessel][:, 0] >= photo[false_vessel][:, 0]).all()  # red
+    # at threshold 0 every pixel of the field of view is called vessel
+    result = invoke("evaluate", "segmentation", "--model", trained, "--dataset", "folder", "--root", folder,
+                    "--threshold", 0, "--json", tmp_path / "all.json")
+    assert result.exit_code == 0, result.output
+    everything = json.loads((tmp_path / "all.json").read_text())
+    assert everything["threshold"] == 0
+    assert everything["results"][str(trained)]["sensitivity"] == 1.0
+    assert everything["results"][str(trained)]["specificity"] == 0.0
     result = invoke("bench", "--model", trained, "--size", 64, "--repeats", 2, "--json", tmp_path / "b.json")
     assert result.exit_code == 0, result.output
     cost = json.loads((tmp_path / "b.json").read_text())[str(trained)]

@@ -64,6 +64,9 @@ NativeScaleOpt = Annotated[
 ]
 
 
+ThresholdOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold for the mask.")]
+
+
 def _input_preparation(meta: dict, native_scale: bool) -> Preparation:
     """How a segmenter's checkpoint wants photos prepared (a :class:`~meddistill.data.Preparation`)."""
     from .data import Preparation
@@ -113,6 +116,7 @@ def evaluate_segmentation(
     error_maps: Annotated[Optional[Path], typer.Option(
         "--error-maps", help="Write DIR/<model>/<image>_errors.png: found vessel green, false vessel red, "
         "missed vessel blue, on the photo.")] = None,
+    threshold: ThresholdOpt = 0.5,
     native_scale: NativeScaleOpt = False,
 ) -> None:
     """Vessel-segmentation metrics inside the field of view, pooled over all images."""
@@ -129,12 +133,13 @@ def evaluate_segmentation(
 
         def each_image(sample: VesselSample, prob: np.ndarray) -> None:
             if per_image:
-                rows.append({"model": name, "image": sample.name, **segmentation_metrics(prob, sample.vessels, sample.fov)})
+                rows.append({"model": name, "image": sample.name, **segmentation_metrics(prob, sample.vessels, sample.fov, threshold)})
             if error_maps:
                 truth = sample.vessels & sample.fov
-                write_png(error_maps / folder_name(name) / f"{sample.name}_errors.png", overlay(sample.image, prob >= 0.5, truth))
+                write_png(error_maps / folder_name(name) / f"{sample.name}_errors.png", overlay(sample.image, prob >= threshold, truth))
 
-        results[name] = evaluate_samples(net, samples, "cpu", _input_preparation(meta, native_scale), each_image)
+        results[name] = evaluate_samples(
+            net, samples, "cpu", _input_preparation(meta, native_scale), each_image, threshold=threshold)
     table = Table(title=f"{dataset} at {root} ({len(samples)} images)")
     table.add_column("model")
     columns = list(next(iter(results.values())))
@@ -145,7 +150,8 @@ def evaluate_segmentation(
     console.print(table)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"dataset": dataset, "root": str(root), "images": len(samples), "results": results}, indent=2))
+        json_out.write_text(json.dumps(
+            {"dataset": dataset, "root": str(root), "images": len(samples), "threshold": threshold, "results": results}, indent=2))
     if per_image:
         per_image.parent.mkdir(parents=True, exist_ok=True)
         with per_image.open("w", newline="") as f:
@@ -406,7 +412,7 @@ def segment(
     images: Annotated[list[Path], typer.Argument(help="RGB fundus photos (PNG, JPG, TIFF, GIF, PPM) or folders of them.")],
     model: Annotated[str, typer.Option(help="Shipped model name or checkpoint path.")] = "drive-student",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("segmentations"),
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability threshold for the mask.")] = 0.5,
+    threshold: ThresholdOpt = 0.5,
     native_scale: NativeScaleOpt = False,
 ) -> None:
     """Segment vessels: writes <stem>_mask.png, <stem>_prob.png and <stem>_overlay.png per image."""

@@ -62,13 +62,14 @@ def evaluate_samples(
     device: torch.device | str,
     preparation: Preparation = Preparation(),
     each: Callable[[VesselSample, np.ndarray], None] | None = None,
+    threshold: float = 0.5,
 ) -> dict[str, float]:
     """Metrics of ``model`` pooled over whole images, inside each image's field of view,
     at the original size (each image is prepared as :func:`predict_probability` does).
     ``each``, when given, is called with every sample and its probability map ``(H, W)``,
-    to score or draw that image alone; the maps are not kept.
+    to score or draw that image alone; the maps are not kept. ``prob >= threshold`` is vessel.
     """
-    accumulator = MetricAccumulator()
+    accumulator = MetricAccumulator(threshold)
     for sample in samples:
         prob = predict_probability(model, sample.image, sample.fov, preparation=preparation, device=device)
         accumulator.update(prob, sample.vessels, sample.fov)
