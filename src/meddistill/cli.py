@@ -141,7 +141,7 @@ def evaluate_segmentation(
         results[name] = evaluate_samples(
             net, samples, "cpu", _input_preparation(meta, native_scale), each_image, threshold=threshold)
     table = Table(title=f"{dataset} at {root} ({len(samples)} images)")
-    table.add_column("model")
+    table.add_column("model", overflow="fold")  # a cut checkpoint path is no use
     columns = list(next(iter(results.values())))
     for column in columns:
         table.add_column(column, justify="right")
