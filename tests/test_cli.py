@@ -124,6 +124,9 @@ def test_evaluate_and_bench_write_json(trained, tmp_path):
         assert (drawn != photo).any(axis=-1)[truth].all()  # every vessel pixel is found (green) or missed (blue)
         false_vessel = (drawn != photo).any(axis=-1) & ~truth
         assert (drawn[false_vessel][:, 0] >= photo[false_vessel][:, 0]).all()  # red
+    result = invoke("evaluate", "segmentation", "--model", trained, "--model", trained, "--dataset", "folder",
+                    "--root", folder, "--error-maps", tmp_path / "errors")
+    assert result.exit_code == 2 and "error-map folder" in result.output
     # at threshold 0 every pixel of the field of view is called vessel
     result = invoke("evaluate", "segmentation", "--model", trained, "--dataset", "folder", "--root", folder,
                     "--threshold", 0, "--json", tmp_path / "all.json")

@@ -126,6 +126,8 @@ def evaluate_segmentation(
     from .report import folder_name, overlay
     from .zoo import load_model
 
+    if error_maps and len({folder_name(name) for name in model}) < len(model):
+        raise MeddistillError("two --model values would share one error-map folder; give each model once, under a distinct name")
     samples = load_dataset(dataset, root)
     results, rows = {}, []
     for name in model:
