@@ -181,6 +181,8 @@ def test_user_mistakes_exit_2_without_traceback(trained, photo, tmp_path):
     (empty / "masks").mkdir()
     result = invoke("evaluate", "segmentation", "--model", trained, "--dataset", "folder", "--root", empty)
     assert result.exit_code == 2 and "error:" in result.output
+    result = invoke("bench", "--model", trained, "--size", 32, "--repeats", 1, "--json", tmp_path)  # a folder, not a file
+    assert result.exit_code == 2 and f"Is a directory: {tmp_path}" in result.output
 
 
 def test_installed_entry_point_reports_errors_on_one_line(tmp_path):

@@ -32,7 +32,8 @@ err_console = Console(stderr=True)
 
 
 def user_errors(command):
-    """Report :class:`MeddistillError` as one line and exit with status 2."""
+    """Report :class:`MeddistillError` or an :class:`OSError` (a file that cannot be read or written)
+    as one line and exit with status 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -40,6 +41,10 @@ def user_errors(command):
             return command(*args, **kwargs)
         except MeddistillError as err:
             err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as err:  # an output path that is a folder, a full disk, no permission
+            where = f": {err.filename}" if err.filename else ""
+            err_console.print(f"[bold red]error:[/] {err.strerror or err}{where}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
