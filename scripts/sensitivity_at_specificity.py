@@ -19,17 +19,20 @@ import numpy as np
 import torch
 
 from meddistill.data import Preparation, VesselSample
+from meddistill.engine import resolve_device
 from meddistill.errors import MeddistillError
 from meddistill.experiment import load_grid, load_grid_datasets, load_run_model, plan_runs
 from meddistill.inference import predict_probability
 from meddistill.metrics import MetricAccumulator
 
 
-def accumulate(net: torch.nn.Module, samples: list[VesselSample], preparation: Preparation) -> MetricAccumulator:
-    """The pooled pixels of ``net``'s predictions on ``samples``."""
+def accumulate(
+    net: torch.nn.Module, samples: list[VesselSample], preparation: Preparation, device: torch.device
+) -> MetricAccumulator:
+    """The pooled pixels of ``net``'s predictions on ``samples``, predicted on ``device``."""
     accumulator = MetricAccumulator()
     for sample in samples:
-        prob = predict_probability(net, sample.image, sample.fov, preparation=preparation)
+        prob = predict_probability(net, sample.image, sample.fov, preparation=preparation, device=device)
         accumulator.update(prob, sample.vessels, sample.fov)
     return accumulator
 
@@ -56,7 +59,7 @@ def main() -> None:
         net, _, preparation = load_run_model(run, diameters)
         row = {}
         for name, samples in datasets.items():
-            accumulator = accumulate(net, samples, preparation)
+            accumulator = accumulate(net, samples, preparation, resolve_device(grid.device))
             scores = accumulator.compute()
             reference.setdefault(name, scores["specificity"])  # the teacher's: it comes first
             row[name] = (scores["specificity"], scores["sensitivity"], accumulator.sensitivity_at(reference[name]))

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from conftest import tiny_config_dict
 from meddistill.checkpoint import save_model
 from meddistill.config import config_from_dict
-from meddistill.engine import Trainer, build_schedule, train
+from meddistill.engine import Trainer, build_schedule, resolve_device, train
 from meddistill.errors import MeddistillError
 from meddistill.config import ScheduleConfig
 
@@ -123,6 +123,19 @@ def test_method_without_teacher_and_bad_method_args_are_user_errors(tmp_path):
         Trainer(config_from_dict(tiny_config_dict(tmp_path, method={"name": "kd"})), progress=False)
     with pytest.raises(MeddistillError, match="unknown distillation method 'kdd' \\(did you mean 'kd'\\?\\)"):
         Trainer(config_from_dict(tiny_config_dict(tmp_path, method={"name": "kdd"})), progress=False)
+
+
+@pytest.mark.parametrize("name", ["gpu", "cpu:0", "cuda:first", "CUDA"])
+def test_a_misspelt_device_is_a_user_error(name):
+    with pytest.raises(MeddistillError, match=f"unknown device '{name}': use auto, cpu, cuda or cuda:N"):
+        resolve_device(name)
+
+
+def test_auto_device_falls_back_to_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(MeddistillError, match="no CUDA device is available"):
+        resolve_device("cuda:0")
 
 
 def test_schedules():

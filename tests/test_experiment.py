@@ -164,6 +164,11 @@ def test_grid_mistakes_are_one_line_errors(grid, tmp_path):
     grid.write_text(yaml.safe_dump(spec))
     result = CliRunner().invoke(app, ["experiment", str(grid)])
     assert result.exit_code == 2 and "no shipped model or checkpoint named 'chase-teacherr' (did you mean 'chase-teacher'?)" in result.output
+    spec["teacher_weights"] = "chase-teacher"
+    spec["device"] = "gpu"
+    grid.write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["experiment", str(grid)])
+    assert result.exit_code == 2 and "unknown device 'gpu': use auto, cpu, cuda or cuda:N" in result.output
 
 
 def test_replicates_share_the_split_and_report_their_mean(grid, tmp_path):

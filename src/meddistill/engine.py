@@ -92,11 +92,20 @@ def build_schedule(optimizer, cfg: ScheduleConfig, epochs: int) -> torch.optim.l
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def check_device_name(name: str) -> None:
+    """Raise a one-line error unless ``name`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    kind, colon, index = name.partition(":")
+    if name != "auto" and (kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit()))):
+        raise MeddistillError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(name: str) -> torch.device:
+    """The torch device for ``name``: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MeddistillError("train.device is 'cuda' but no CUDA device is available")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MeddistillError(f"the device is '{name}' but no CUDA device is available")
     return torch.device(name)
 
 

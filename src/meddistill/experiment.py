@@ -33,6 +33,7 @@ from .config import ExperimentConfig, build_dataclass, config_from_dict, config_
 from .cost import ModelCost, measure_cost
 from .data import Preparation, VesselSample, load_dataset, training_fov_diameter
 from .distill import METHODS, GKDDistiller
+from .engine import check_device_name, resolve_device
 from .errors import MeddistillError
 from .fsd import frechet_semantic_distance, load_gkd_alignment
 from .inference import evaluate_samples, predict_probability
@@ -87,6 +88,7 @@ class GridConfig:
     replicates: int = 1  # runs per student × row; replicate k trains with seed + k on the same split
     jobs: int = 1  # training runs at a time
     threads: int = 1  # CPU threads for the latency column
+    device: str = "auto"  # where the runs are evaluated: auto (CUDA if present) | cpu | cuda
     cost_size: int = 512  # square input size for params, GFLOPs and latency
 
 
@@ -145,6 +147,7 @@ def load_grid(path: str | Path) -> GridConfig:
         resolve_checkpoint(grid.teacher_weights)  # a misspelt name fails now, naming the nearest one
     if not grid.student:
         raise MeddistillError("a grid needs a 'student' experiment config")
+    check_device_name(grid.device)
     return grid
 
 
@@ -421,8 +424,9 @@ def evaluate_runs(
     students: list[Run],
     datasets: dict[str, list[VesselSample]],
     out: Path,
+    device: str = "cpu",
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per dataset and FSD of GKD runs.
+    """Metrics per dataset (computed on ``device``) and FSD of GKD runs.
 
     Metrics are cached in ``out/metrics.json``; ``out/runs.json`` records, per evaluated
     checkpoint, the run's config and its FSD. A run whose folder is gone (archived, or trained
@@ -464,9 +468,10 @@ def evaluate_runs(
         record["config"] = config_to_dict(run.config)
         for name, samples in datasets.items():
             if name not in entry:
-                entry[name] = evaluate_samples(net, samples, "cpu", preparation)
+                entry[name] = evaluate_samples(net, samples, resolve_device(device), preparation)
                 save()
                 print(run.label, name, json.dumps(entry[name]), flush=True)
+        net.cpu()  # FSD and the figures run on the CPU
         results[run.label] = {"run": run, "net": net, "metrics": entry, "preparation": preparation}
         if _is_gkd(run):
             if any(name not in record.get("fsd", {}) for name in datasets):
@@ -641,7 +646,7 @@ def run_grid(path: str | Path, train: bool = True, with_cost: bool = True) -> st
         train_runs([teacher, *students], grid.jobs)
     out = Path(grid.out)
     datasets = load_grid_datasets(grid, students[0].config)
-    results = evaluate_runs(teacher, students, datasets, out)
+    results = evaluate_runs(teacher, students, datasets, out, grid.device)
     if not results:
         raise MeddistillError("no finished runs to report yet")
     attach_costs(results, grid, out, measure=with_cost)
