@@ -296,6 +296,30 @@ def test_the_run_others_wait_for_starts_first(grid, monkeypatch):
     assert started == ["g-enet-none", "g-enet-gkd", "g-enet-none-12-more-epochs", "g-enet-gkd-intra"]
 
 
+def test_only_trains_the_named_rows_and_the_runs_they_need(grid, monkeypatch):
+    spec = yaml.safe_load(grid.read_text())
+    gkd_args = spec["methods"]["gkd"]["args"]
+    spec["methods"]["gkd + intra"] = {"method": "gkd", "args": {**gkd_args, "inter_weight": 0}, "stages_from": "gkd"}
+    spec["replicates"] = 2
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    trained = []
+    monkeypatch.setattr(experiment, "train_runs", lambda runs, parallel: trained.append(([r.config.name for r in runs], parallel)))
+
+    def only(*args):
+        result = CliRunner().invoke(app, ["experiment", str(grid), *args])
+        assert result.exit_code == 2, result.output
+        return result.output
+
+    assert "no finished runs to report yet" in only("--only", "gkd + intra", "--jobs", "3")  # nothing really trained
+    assert trained.pop() == (["teacher", "g-enet-none", "g-enet-none-seed1", "g-enet-gkd", "g-enet-gkd-seed1",
+                              "g-enet-gkd-intra", "g-enet-gkd-intra-seed1"], 3)  # its start, teacher and pre-stages
+    only("--only", "kd")
+    assert trained.pop() == (["teacher", "g-enet-kd", "g-enet-kd-seed1"], 1)  # a row's name, not a part of one
+    assert "'gdk' is not a row of the grid (did you mean 'gkd'?)" in only("--only", "gdk")
+    assert "jobs must be at least 1, got 0" in only("--jobs", "0")
+    assert not trained
+
+
 def test_a_grid_can_distil_from_a_teacher_trained_elsewhere(grid, tmp_path):
     trained = CliRunner().invoke(app, ["train", str(tmp_path / "teacher.yaml"), "--set", 'name="mine"', "--no-progress"])
     assert trained.exit_code == 0, trained.output

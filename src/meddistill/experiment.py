@@ -101,6 +101,7 @@ class Run:
     config: ExperimentConfig
     variant: VariantConfig
     replicate_of: str = ""  # the label its replicates share (the first replicate's label)
+    row: str = ""  # the grid row (a key of the grid's methods) it trains; "" for the teacher
     stages_from: Path | None = None  # the run folder whose pre-stages it copies
     weights: str = ""  # a model trained elsewhere (shipped name or checkpoint) this run stands for
 
@@ -213,7 +214,9 @@ def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: st
     command = _cli("distill" if method.needs_teacher else "train", grid.student, overrides)
     label = f"{student} / {row}"
     stages_from = Path(base.output) / run_name(variant.stages_from) if variant.stages_from else None
-    return Run(label + (f" (seed {seed})" if k else ""), command, config, variant, replicate_of=label, stages_from=stages_from)
+    return Run(
+        label + (f" (seed {seed})" if k else ""), command, config, variant, replicate_of=label, row=row, stages_from=stages_from
+    )
 
 
 def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
@@ -346,6 +349,28 @@ def _checkpoints_needed(run: Run) -> set[str | None]:
 def _waiting_on(run: Run, pending: list[Run]) -> int:
     """How many of ``pending`` wait for ``run``: for its checkpoint or for its pre-stages."""
     return sum(run.checkpoint in _checkpoints_needed(r) or r.stages_from == run.run_dir for r in pending)
+
+
+def select_runs(teacher: Run, students: list[Run], rows: list[str]) -> list[Run]:
+    """The runs of the grid rows ``rows`` (every student and replicate), with every run they
+    need first: the run they start from, the teacher they distil from, the run whose
+    pre-stages they copy."""
+    known = list(dict.fromkeys(r.row for r in students))
+    for row in rows:
+        if row not in known:
+            raise MeddistillError(f"'{row}' is not a row of the grid{did_you_mean(row, known)}")
+    chosen = [r for r in students if r.row in rows]
+    producers = {r.checkpoint: r for r in [teacher, *students]}
+    stage_sources = {r.run_dir: r for r in students}
+    needed: set[int] = set()
+    while chosen:
+        run = chosen.pop()
+        if id(run) not in needed:
+            needed.add(id(run))
+            chosen += [producers[c] for c in _checkpoints_needed(run) if c in producers]
+            if run.stages_from in stage_sources:
+                chosen.append(stage_sources[run.stages_from])
+    return [r for r in [teacher, *students] if id(r) in needed]
 
 
 def train_runs(runs: list[Run], parallel: int) -> None:
@@ -638,12 +663,20 @@ def write_figures(results: dict[str, dict[str, Any]], datasets: dict[str, list[V
     return written
 
 
-def run_grid(path: str | Path, train: bool = True, with_cost: bool = True) -> str:
-    """Train (unless ``train`` is False), evaluate and report a grid; returns the Markdown table."""
+def run_grid(
+    path: str | Path, train: bool = True, with_cost: bool = True, only: list[str] | None = None, jobs: int | None = None
+) -> str:
+    """Train (unless ``train`` is False), evaluate and report a grid; returns the Markdown table.
+
+    ``only``: train just these grid rows (keys of the grid's methods) and the runs they need;
+    ``jobs``: training runs at a time, instead of the grid's ``jobs``. Every finished run is reported.
+    """
     grid = load_grid(path)
     teacher, students = plan_runs(grid)
+    if jobs is not None and jobs < 1:
+        raise MeddistillError(f"jobs must be at least 1, got {jobs}")
     if train:
-        train_runs([teacher, *students], grid.jobs)
+        train_runs(select_runs(teacher, students, only) if only else [teacher, *students], jobs or grid.jobs)
     out = Path(grid.out)
     datasets = load_grid_datasets(grid, students[0].config)
     results = evaluate_runs(teacher, students, datasets, out, grid.device)
