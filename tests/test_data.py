@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from monai.data import get_track_meta
 from PIL import Image
 
 from meddistill.data import (
@@ -391,6 +392,12 @@ def test_patch_dataset_is_deterministic_per_seed_epoch_index():
     assert all(torch.equal(x, a[i]["image"]) for i, x in enumerate(first))
     c = PatchDataset([sample], patch_size=16, patches_per_image=6, seed=8)
     assert not torch.equal(first[0], c[0]["image"])
+
+
+def test_augmented_patches_are_plain_tensors_and_leave_monai_tracking_as_it_was():
+    item = PatchDataset([_aligned_sample()], patch_size=16, patches_per_image=2, seed=1, rotate_degrees=30)[1]
+    assert all(type(item[key]) is torch.Tensor for key in ("image", "label", "fov"))
+    assert get_track_meta()  # MONAI's global default, restored after the augmentation
 
 
 def test_patch_dataset_keeps_labels_aligned_under_augmentation():

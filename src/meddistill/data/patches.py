@@ -7,7 +7,8 @@ go through the same functions.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Protocol
 
 import cv2
@@ -23,7 +24,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
-from monai.utils import convert_to_tensor
+from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import Dataset
 
 from ..errors import MeddistillError
@@ -38,6 +39,19 @@ class _Sample(Protocol):
     image: np.ndarray  # (*S, C) uint8
     vessels: np.ndarray  # (*S) bool
     fov: np.ndarray  # (*S) bool
+
+
+@contextmanager
+def _plain_tensors() -> Iterator[None]:
+    """MONAI transforms on plain tensors within: their MetaTensor bookkeeping costs more than
+    augmenting a 128-px patch does (8.7 → 3.7 ms a patch, the same values), and the loader
+    is what a GPU waits for."""
+    tracked = get_track_meta()
+    set_track_meta(False)
+    try:
+        yield
+    finally:
+        set_track_meta(tracked)
 
 
 def equalize_contrast(image: np.ndarray) -> np.ndarray:
@@ -221,8 +235,8 @@ class PatchDataset(Dataset):
         }
         if self._augment is not None:
             self._augment.set_random_state(seed=int(rng.integers(2**31)))
-            augmented = self._augment(item)
-            item = {key: convert_to_tensor(value, track_meta=False) for key, value in augmented.items()}
+            with _plain_tensors():
+                item = self._augment(item)
             # resampling turns label and FOV into floats (of exact 0 / 1 values, by nearest neighbour)
             item["label"], item["fov"] = item["label"].long(), item["fov"].bool()
             item["image"] = item["image"] * item["fov"]  # intensity changes must not leak outside the FOV
