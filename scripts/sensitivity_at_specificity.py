@@ -53,13 +53,14 @@ def main() -> None:
     finished = [r for r in wanted if r.state() == "done"]
     runs = [teacher] + finished  # the teacher is its best checkpoint, as the students' configs name it
     diameters: dict[str, float] = {}
+    device = resolve_device(grid.device)
     rows: dict[str, dict[str, tuple[float, float, float]]] = {}  # label -> dataset -> (Sp, Se, Se at teacher's Sp)
     reference: dict[str, float] = {}
     for run in runs:
         net, _, preparation = load_run_model(run, diameters)
         row = {}
         for name, samples in datasets.items():
-            accumulator = accumulate(net, samples, preparation, resolve_device(grid.device))
+            accumulator = accumulate(net, samples, preparation, device)
             scores = accumulator.compute()
             reference.setdefault(name, scores["specificity"])  # the teacher's: it comes first
             row[name] = (scores["specificity"], scores["sensitivity"], accumulator.sensitivity_at(reference[name]))

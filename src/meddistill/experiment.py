@@ -470,6 +470,7 @@ def evaluate_runs(
 
     results: dict[str, dict[str, Any]] = {}
     diameters: dict[str, float] = {}
+    where = resolve_device(device)
     for run in [teacher, *students]:
         state = run.state()
         if state == "missing" and (key := _cached_row(run, cache, recorded, list(datasets))):
@@ -493,7 +494,7 @@ def evaluate_runs(
         record["config"] = config_to_dict(run.config)
         for name, samples in datasets.items():
             if name not in entry:
-                entry[name] = evaluate_samples(net, samples, resolve_device(device), preparation)
+                entry[name] = evaluate_samples(net, samples, where, preparation)
                 save()
                 print(run.label, name, json.dumps(entry[name]), flush=True)
         net.cpu()  # FSD and the figures run on the CPU
