@@ -70,7 +70,7 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
     # FSD: the GKD student, and the scratch student it started from, through the GKD run's SAN
     assert by_label["enet / gkd"]["FSD unseen"] and by_label["enet / gkd"]["FSD start unseen"]
     assert not by_label["enet / kd"]["FSD unseen"] and not by_label["enet / none"]["FSD start unseen"]
-    assert (out / "results.md").read_text().count("\n| ") >= 4
+    assert (out / "results.md").read_text().count("\n| ") >= 4 and "not finished" not in (out / "results.md").read_text()
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["phantom__held_out_.jpg", "unseen.jpg"]
     # a second call finds every run done and every metric cached
     again = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"])
@@ -109,6 +109,7 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
     changed_kd = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"])
     assert changed_kd.exit_code == 0 and "skipping enet / kd: run not finished" in changed_kd.output
     assert "enet / kd" not in {r["model / method"] for r in csv.DictReader((out / "results.csv").open())}
+    assert (out / "results.md").read_text().endswith("\n\nNot in the table, not finished: enet / kd.\n")
     # a finished run trained with other settings is never silently reused
     student = yaml.safe_load((tmp_path / "student.yaml").read_text())
     student["train"]["epochs"] = 2

@@ -621,8 +621,9 @@ def _table_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[lis
     return header, rows
 
 
-def write_table(results: dict[str, dict[str, Any]], out: Path, grid: GridConfig) -> str:
-    """Write ``results.md`` and ``results.csv``; returns the Markdown."""
+def write_table(results: dict[str, dict[str, Any]], out: Path, grid: GridConfig, unfinished: list[str]) -> str:
+    """Write ``results.md`` and ``results.csv``; returns the Markdown, which names the
+    ``unfinished`` runs of the grid below the table."""
     header, rows = _table_rows(results)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "results.csv").open("w", newline="") as f:
@@ -640,6 +641,8 @@ def write_table(results: dict[str, dict[str, Any]], out: Path, grid: GridConfig)
         "|" + "---|" * len(header),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if unfinished:
+        lines += ["", f"Not in the table, not finished: {'; '.join(unfinished)}."]
     markdown = "\n".join(lines) + "\n"
     (out / "results.md").write_text(markdown)
     return markdown
@@ -684,8 +687,9 @@ def run_grid(
     if not results:
         raise MeddistillError("no finished runs to report yet")
     attach_costs(results, grid, out, measure=with_cost)
+    unfinished = [run.label for run in [teacher, *students] if run.label not in results]
     results = add_replicate_means(results)
-    markdown = write_table(results, out, grid)
+    markdown = write_table(results, out, grid, unfinished)
     absent = [label for label, result in results.items() if result["net"] is None and not result.get("summary")]
     if absent:  # a figure without those rows would replace one that has them
         print(f"figures left as they are: {len(absent)} row(s) have no run folder here", flush=True)
