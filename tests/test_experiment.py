@@ -317,8 +317,12 @@ def test_only_trains_the_named_rows_and_the_runs_they_need(grid, monkeypatch):
     only("--only", "kd")
     assert trained.pop() == (["teacher", "g-enet-kd", "g-enet-kd-seed1"], 1)  # a row's name, not a part of one
     assert "'gdk' is not a row of the grid (did you mean 'gkd'?)" in only("--only", "gdk")
-    assert "jobs must be at least 1, got 0" in only("--jobs", "0")
     assert not trained
+    monkeypatch.undo()
+    assert "jobs must be at least 1, got 0" in only("--jobs", "0")
+    spec["jobs"] = 0
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert "jobs must be at least 1, got 0" in only()  # in the grid too, where it would wait forever
 
 
 def test_a_grid_can_distil_from_a_teacher_trained_elsewhere(grid, tmp_path):

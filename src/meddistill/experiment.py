@@ -382,6 +382,8 @@ def train_runs(runs: list[Run], parallel: int) -> None:
     until that run has finished them (its first checkpoint). So the scratch students train
     beside the teacher. Each run's output goes to ``<output>/<name>.log``.
     """
+    if parallel < 1:
+        raise MeddistillError(f"jobs must be at least 1, got {parallel}")
     for run in runs:
         check_run_config(run)
     pending = [r for r in runs if r.state() != "done"]
@@ -677,10 +679,8 @@ def run_grid(
     """
     grid = load_grid(path)
     teacher, students = plan_runs(grid)
-    if jobs is not None and jobs < 1:
-        raise MeddistillError(f"jobs must be at least 1, got {jobs}")
     if train:
-        train_runs(select_runs(teacher, students, only) if only else [teacher, *students], jobs or grid.jobs)
+        train_runs(select_runs(teacher, students, only) if only else [teacher, *students], grid.jobs if jobs is None else jobs)
     out = Path(grid.out)
     datasets = load_grid_datasets(grid, students[0].config)
     results = evaluate_runs(teacher, students, datasets, out, grid.device)
