@@ -13,6 +13,7 @@ import tifffile
 import torch
 from monai.data import get_track_meta
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from meddistill.data import (
     PatchDataset,
@@ -398,6 +399,13 @@ def test_augmented_patches_are_plain_tensors_and_leave_monai_tracking_as_it_was(
     item = PatchDataset([_aligned_sample()], patch_size=16, patches_per_image=2, seed=1, rotate_degrees=30)[1]
     assert all(type(item[key]) is torch.Tensor for key in ("image", "label", "fov"))
     assert get_track_meta()  # MONAI's global default, restored after the augmentation
+
+
+def test_patches_do_not_depend_on_the_number_of_loader_workers():
+    dataset = PatchDataset([_aligned_sample()], patch_size=16, patches_per_image=6, seed=2, rotate_degrees=30)
+    dataset.set_epoch(1)
+    drawn = [torch.cat([b["image"] for b in DataLoader(dataset, batch_size=3, num_workers=w)]) for w in (0, 2)]
+    assert torch.equal(*drawn)
 
 
 def test_patch_dataset_keeps_labels_aligned_under_augmentation():
