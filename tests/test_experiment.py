@@ -57,7 +57,7 @@ def grid(tmp_path):
     return path
 
 
-def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
+def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "results"
@@ -102,6 +102,11 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
     archived_rows = {r["model / method"]: r for r in csv.DictReader((out / "results.csv").open())}
     assert archived_rows == again_rows
     assert "figures left as they are: 2 row(s)" in archived.output  # not redrawn without those rows
+    monkeypatch.setattr(cli, "console", Console(width=300))  # one table row a line
+    status = CliRunner().invoke(app, ["experiment", str(grid), "--status"])
+    assert "2 of 4 runs done, 2 more reported from earlier results" in status.output
+    gkd_line = next(line for line in status.output.splitlines() if "enet / gkd" in line)
+    assert f"missing here; its results are kept in {out / 'metrics.json'}" in gkd_line
     # ... but not once the grid plans that run with other settings
     spec = yaml.safe_load(grid.read_text())
     spec["methods"]["kd"]["args"] = {"temperature": 2.0}
@@ -110,6 +115,8 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path):
     assert changed_kd.exit_code == 0 and "skipping enet / kd: run not finished" in changed_kd.output
     assert "enet / kd" not in {r["model / method"] for r in csv.DictReader((out / "results.csv").open())}
     assert (out / "results.md").read_text().endswith("\n\nNot in the table, not finished: enet / kd.\n")
+    status = CliRunner().invoke(app, ["experiment", str(grid), "--status"])
+    assert "2 of 4 runs done, 1 more reported" in status.output  # KD's results are another config's
     # a finished run trained with other settings is never silently reused
     student = yaml.safe_load((tmp_path / "student.yaml").read_text())
     student["train"]["epochs"] = 2

@@ -184,7 +184,9 @@ def experiment(
         console.print(run_grid(grid, train=train, with_cost=cost, only=only, jobs=jobs))
         return
     runs = grid_status(grid)
-    table = Table(title=f"{grid}: {sum(state == 'done' for _, _, state, _ in runs)} of {len(runs)} runs done")
+    reported = sum(state == "reported" for _, _, state, _ in runs)
+    title = f"{grid}: {sum(state == 'done' for _, _, state, _ in runs)} of {len(runs)} runs done"
+    table = Table(title=title + (f", {reported} more reported from earlier results" if reported else ""))
     for column in ("row", "run", "progress"):
         table.add_column(column, overflow="fold")  # a cut path is no use
     for label, source, _, progress in runs:

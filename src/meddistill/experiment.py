@@ -319,9 +319,22 @@ def run_progress(run: Run) -> tuple[str, str]:
 
 
 def grid_status(path: str | Path) -> list[tuple[str, str, str, str]]:
-    """(row label, run folder or weights, *:func:`run_progress`) for every run of a grid, in order."""
-    teacher, students = plan_runs(load_grid(path))
-    return [(run.label, run.source, *run_progress(run)) for run in (teacher, *students)]
+    """(row label, run folder or weights, *:func:`run_progress`) for every run of a grid, in order.
+
+    A run whose folder is gone but whose results the grid keeps (see :func:`evaluate_runs`) is
+    ``reported``.
+    """
+    grid = load_grid(path)
+    teacher, students = plan_runs(grid)
+    cache, recorded = _read_records(Path(grid.out))
+    names = grid_dataset_names(grid, students[0].config)
+    status = []
+    for run in (teacher, *students):
+        state, words = run_progress(run)
+        if state == "missing" and _cached_row(run, cache, recorded, names):
+            state, words = "reported", f"missing here; its results are kept in {Path(grid.out) / 'metrics.json'}"
+        status.append((run.label, run.source, state, words))
+    return status
 
 
 def copy_pre_stages(source: Path, run_dir: Path) -> None:
@@ -423,14 +436,26 @@ def train_runs(runs: list[Run], parallel: int) -> None:
                 print(f"finished {run.config.name}", flush=True)
 
 
+def grid_dataset_names(grid: GridConfig, source: ExperimentConfig) -> list[str]:
+    """The table names of the grid's datasets: the source's held-out images, then every target."""
+    return [f"{source.data.dataset} (held-out)", *grid.targets]
+
+
 def load_grid_datasets(grid: GridConfig, source: ExperimentConfig) -> dict[str, list[VesselSample]]:
-    """The source's held-out images, then every target dataset, by table name."""
+    """The source's held-out images, then every target dataset, by :func:`grid_dataset_names`."""
     _, held_out = build_samples(source.data, source.seed)
     if not held_out:
         raise MeddistillError("the student config holds out no source images (data.val_fraction is 0)")
-    datasets = {f"{source.data.dataset} (held-out)": held_out}
-    datasets.update({name: load_dataset(t.dataset, t.root) for name, t in grid.targets.items()})
-    return datasets
+    loaded = [held_out, *(load_dataset(t.dataset, t.root) for t in grid.targets.values())]
+    return dict(zip(grid_dataset_names(grid, source), loaded))
+
+
+def _read_records(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metrics cache (``out/metrics.json``) and run records (``out/runs.json``), empty if absent."""
+    cache_path, recorded_path = out / "metrics.json", out / "runs.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else {}
+    return cache, recorded
 
 
 def _cached_row(run: Run, cache: dict[str, Any], recorded: dict[str, Any], datasets: list[str]) -> str | None:
@@ -462,8 +487,7 @@ def evaluate_runs(
     best checkpoint as ``net``.
     """
     cache_path, recorded_path = out / "metrics.json", out / "runs.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else {}
+    cache, recorded = _read_records(out)
 
     def save() -> None:
         out.mkdir(parents=True, exist_ok=True)
