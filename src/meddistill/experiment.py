@@ -332,7 +332,7 @@ def grid_status(path: str | Path) -> list[tuple[str, str, str, str]]:
     for run in (teacher, *students):
         state, words = run_progress(run)
         if state == "missing" and _cached_row(run, cache, recorded, names):
-            state, words = "reported", f"missing here; its results are kept in {Path(grid.out) / 'metrics.json'}"
+            state, words = "reported", f"missing here; its results are kept in {_record_paths(Path(grid.out))[0]}"
         status.append((run.label, run.source, state, words))
     return status
 
@@ -450,9 +450,14 @@ def load_grid_datasets(grid: GridConfig, source: ExperimentConfig) -> dict[str, 
     return dict(zip(grid_dataset_names(grid, source), loaded))
 
 
+def _record_paths(out: Path) -> tuple[Path, Path]:
+    """Where a grid keeps its metrics cache and its run records: ``out/metrics.json``, ``out/runs.json``."""
+    return out / "metrics.json", out / "runs.json"
+
+
 def _read_records(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The metrics cache (``out/metrics.json``) and run records (``out/runs.json``), empty if absent."""
-    cache_path, recorded_path = out / "metrics.json", out / "runs.json"
+    """The metrics cache and run records of :func:`_record_paths`, empty if absent."""
+    cache_path, recorded_path = _record_paths(out)
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else {}
     return cache, recorded
@@ -486,7 +491,7 @@ def evaluate_runs(
     config, with ``net`` None (the figures then stay as they are). Each other result holds its
     best checkpoint as ``net``.
     """
-    cache_path, recorded_path = out / "metrics.json", out / "runs.json"
+    cache_path, recorded_path = _record_paths(out)
     cache, recorded = _read_records(out)
 
     def save() -> None:
