@@ -154,6 +154,18 @@ def test_status_lists_how_far_each_run_has_trained(grid, tmp_path, monkeypatch):
     assert "0 of 4 runs done" in changed.output  # its epochs are another run's
 
 
+def test_a_run_executed_elsewhere_is_the_same_run(grid):
+    """Where and how a run trained (device, threads, loader workers) is not what it learns."""
+    _, runs = plan_runs(load_grid(grid))
+    scratch = next(r for r in runs if r.label == "enet / none")
+    saved = config_to_dict(scratch.config)
+    saved["train"] |= {"device": "cuda", "threads": 16, "deterministic": not saved["train"]["deterministic"]}
+    saved["data"]["num_workers"] = 4
+    assert experiment._config_differences(saved, scratch) == []
+    saved["train"]["epochs"] += 1
+    assert experiment._config_differences(saved, scratch) == [f"train.epochs: {saved['train']['epochs']} there, {scratch.config.train.epochs} here"]
+
+
 def test_grid_mistakes_are_one_line_errors(grid, tmp_path):
     spec = yaml.safe_load(grid.read_text())
     spec["methods"]["kd"]["method"] = "kdd"

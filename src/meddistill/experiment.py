@@ -275,8 +275,9 @@ def _differences(saved: Any, planned: Any, where: str = "") -> list[str]:
     return [] if saved == planned else [f"{where}: {saved!r} there, {planned!r} here"]
 
 
-# How a run was executed, not what it learns: these may differ between a grid and its runs.
-_RUNTIME_KEYS = ("train.threads", "data.num_workers")
+# How a run was executed, not what it learns: these may differ between a grid and its runs, so a
+# grid begun on a GPU can be finished on a CPU (or the reverse), each run resuming where it stopped.
+_RUNTIME_KEYS = ("train.threads", "train.device", "train.deterministic", "data.num_workers")
 
 
 def _config_differences(saved: dict[str, Any], run: Run) -> list[str]:
