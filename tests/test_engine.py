@@ -52,6 +52,19 @@ def test_resume_continues_a_killed_run_to_the_same_result(tmp_path, ema_decay):
     assert all(torch.allclose(wf[k], wr[k], atol=1e-6) for k in wf)
 
 
+def test_a_run_begun_without_float16_resumes_where_loss_scaling_is_on(tmp_path):
+    """A CPU run's state holds no loss scale; a GPU that trains in float16 starts its scale afresh."""
+    values = tiny_config_dict(tmp_path, train={"epochs": 2, "batch_size": 2})
+    trainer = Trainer(config_from_dict(values), progress=False)
+    trainer.config.train.epochs = 1
+    trainer.fit()
+    assert torch.load(trainer.run_dir / "last.state.pt", weights_only=True)["scaler"] == {}
+    resumed = Trainer(config_from_dict(values), progress=False)
+    resumed.scaler = torch.amp.GradScaler("cpu", init_scale=8.0)  # as on a GPU without bfloat16
+    resumed.resume()
+    assert resumed.start_epoch == 1 and resumed.scaler.get_scale() == 8.0
+
+
 def test_weight_averaging_saves_the_average_and_keeps_the_raw_weights_for_resuming(tmp_path):
     result = train(config_from_dict(tiny_config_dict(tmp_path, train={"epochs": 2, "batch_size": 2, "ema_decay": 0.5})), progress=False)
     state = torch.load(result.run_dir / "last.state.pt", weights_only=True)

@@ -285,7 +285,8 @@ class Trainer:
         load_state(self.distiller, state["distiller"], str(state_path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without float16 (a CPU or bfloat16 run): the scale starts afresh
+            self.scaler.load_state_dict(state["scaler"])
         self.best_score = float(state["best_score"])
         self.best_epoch = int(state["best_epoch"])
         self.best_metrics = dict(state["best_metrics"])
