@@ -152,6 +152,15 @@ def test_status_lists_how_far_each_run_has_trained(grid, tmp_path, monkeypatch):
     changed = CliRunner().invoke(app, ["experiment", str(grid), "--status"])
     assert "other settings in its folder (seed: 5 there, 0 here)" in changed.output
     assert "0 of 4 runs done" in changed.output  # its epochs are another run's
+    # once it has logged epochs, a run being trained says how long it has to go at its latest pace
+    gkd = next(r for r in runs if r.label == "enet / gkd")
+    gkd.config.train.epochs = 23
+    (gkd.run_dir / "metrics.csv").write_text("epoch,lr,seconds\n0,0.1,600\n1,0.1,300\n2,0.1,360\n")
+    (gkd.run_dir / "last.json").write_text(json.dumps({"epoch": 2}))
+    assert experiment.run_progress(gkd)[1] == "partial: 3 of 23 epochs"  # no pace when nothing trains it
+    with hold_run_folder(gkd.run_dir):
+        words = experiment.run_progress(gkd)[1]
+    assert words.endswith("), about 2 h 00 min to go at 6.0 min per epoch"), words
 
 
 def test_a_run_executed_elsewhere_is_the_same_run(grid):

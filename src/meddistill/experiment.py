@@ -306,6 +306,19 @@ def check_run_config(run: Run) -> None:
         )
 
 
+def _time_to_go(run_dir: Path, epochs: int) -> str:
+    """``about 2 h 05 min to go at 6.2 min per epoch`` for a run part-way through its epochs,
+    from the median of its latest five epochs (the pace of the machine it is on now); "" when
+    it has logged no epoch yet."""
+    log = run_dir / "metrics.csv"
+    rows = list(csv.DictReader(log.open())) if log.is_file() else []
+    if not rows:
+        return ""
+    pace = float(np.median([float(r["seconds"]) for r in rows[-5:]]))
+    hours, minutes = divmod(round(pace * max(epochs - int(rows[-1]["epoch"]) - 1, 0) / 60), 60)
+    return f"about {f'{hours} h {minutes:02d}' if hours else minutes} min to go at {pace / 60:.1f} min per epoch"
+
+
 def run_progress(run: Run) -> tuple[str, str]:
     """(state, how far ``run`` has come in words: its given weights, its epochs, or its
     pre-stages). The state is :meth:`Run.state`, or ``other settings`` when its folder holds
@@ -316,7 +329,10 @@ def run_progress(run: Run) -> tuple[str, str]:
         return "other settings", f"other settings in its folder ({differences[0]})"
     state, words = _folder_progress(run.run_dir, run.config.train.epochs)
     holder = run_folder_holder(run.run_dir)
-    return state, f"{words}, training now ({holder})" if holder else words
+    if not holder:
+        return state, words
+    pace = _time_to_go(run.run_dir, run.config.train.epochs) if state == "partial" else ""
+    return state, f"{words}, training now ({holder})" + (f", {pace}" if pace else "")
 
 
 def grid_status(path: str | Path) -> list[tuple[str, str, str, str]]:
