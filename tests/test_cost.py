@@ -11,6 +11,7 @@ from meddistill.cost import (
     measure_cost,
     measure_latency,
     measure_peak_memory,
+    peak_memory_increase,
 )
 from meddistill.errors import MeddistillError
 
@@ -96,3 +97,13 @@ def test_example_input_follows_a_channels_last_model():
     net = net.to(memory_format=torch.channels_last)
     x = _example_input(net, (1, 2, 8, 8))
     assert x.is_contiguous(memory_format=torch.channels_last) and x.shape == (1, 2, 8, 8)
+
+
+def test_peak_memory_increase_sees_what_the_call_touched():
+    def touch_64_mib():
+        block = torch.ones(16 * 2**20)  # float32: 64 MiB, written so every page is resident
+        del block
+
+    touch_64_mib()
+    assert 60 <= peak_memory_increase(touch_64_mib) < 80
+    assert peak_memory_increase(lambda: None) < 4

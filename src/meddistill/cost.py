@@ -15,7 +15,7 @@ import multiprocessing
 import pickle
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,26 +150,34 @@ def _proc_status_kib(field: str) -> int:
     return int(re.search(rf"^{field}:\s+(\d+) kB", _PROC_STATUS.read_text(), re.MULTILINE).group(1))
 
 
+def peak_memory_increase(run: Callable[[], object]) -> float:
+    """Peak resident-memory increase while ``run()`` runs, MiB (NaN off Linux).
+
+    Resets the kernel's high-water mark (VmHWM) to the current RSS first, after handing freed
+    heap pages back to the OS so ``run`` cannot reuse them unseen. Call it in a process that
+    has already run ``run`` once: the first call also loads kernels and starts thread pools.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    try:
+        # "5" lowers the peak-RSS mark VmHWM to the current RSS (Linux >= 4.0)
+        _PROC_CLEAR_REFS.write_text("5")
+        baseline = _proc_status_kib("VmRSS")
+    except OSError:
+        return float("nan")
+    run()
+    return (_proc_status_kib("VmHWM") - baseline) / 1024
+
+
 def _forward_peak_rss_mib(model_pickle: bytes, input_shape: tuple[int, ...], threads: int) -> float:
     """Run in a fresh process: peak RSS increase of the second forward pass, MiB (NaN off Linux)."""
     model = pickle.loads(model_pickle)
     del model_pickle
     x = _example_input(model, input_shape)
     with _inference(model, threads):
-        # the first pass also loads kernels and starts the thread pool, which is not per-inference cost
         model(x)
-        gc.collect()
-        # hand freed heap pages back to the OS so the measured pass cannot reuse them unseen
-        with contextlib.suppress(OSError, AttributeError, TypeError):
-            ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-        try:
-            # "5" lowers the peak-RSS mark VmHWM to the current RSS (Linux >= 4.0)
-            _PROC_CLEAR_REFS.write_text("5")
-            baseline = _proc_status_kib("VmRSS")
-        except OSError:
-            return float("nan")
-        model(x)
-        return (_proc_status_kib("VmHWM") - baseline) / 1024
+        return peak_memory_increase(lambda: model(x))
 
 
 def measure_peak_memory(model: nn.Module, input_shape: Sequence[int], threads: int = 1) -> float:

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -377,26 +377,8 @@ class Trainer:
         steps = 0
         started = time.perf_counter()
         for step, batch in enumerate(self.loader):
-            batch = _to_device(batch, self.device)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-                losses = self.model(batch)
+            losses = self.train_step(batch, optimizer, averaged, where=f"epoch {epoch} step {step}")
             total = sum(losses.values())
-            if not torch.isfinite(total):
-                raise MeddistillError(
-                    f"training diverged: loss is {total.item()} at epoch {epoch} step {step} "
-                    f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
-                    f"the last good checkpoint is kept in {self.run_dir} — lower the learning rate"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            if self.config.train.grad_clip:
-                self.scaler.unscale_(optimizer)
-                params = [p for group in optimizer.param_groups for p in group["params"]]
-                nn.utils.clip_grad_norm_(params, self.config.train.grad_clip)
-            self.scaler.step(optimizer)
-            self.scaler.update()
-            if averaged is not None:
-                averaged.update_parameters(self.student)
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
             sums["loss"] = sums.get("loss", 0.0) + total.item()
@@ -408,6 +390,36 @@ class Trainer:
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         row.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
         return row
+
+    def train_step(
+        self, batch: dict[str, Tensor], optimizer: torch.optim.Optimizer, averaged: AveragedModel | None = None, where: str = ""
+    ) -> dict[str, Tensor]:
+        """One optimiser step on ``batch`` (on the CPU or the device); returns the named losses.
+
+        Raises:
+            MeddistillError: the loss is not finite (the weights are left as they were).
+        """
+        batch = _to_device(batch, self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            losses = self.model(batch)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise MeddistillError(
+                f"training diverged: loss is {total.item()} at {where or 'a step'} "
+                f"({', '.join(f'{k}={v.item():.4g}' for k, v in losses.items())}); "
+                f"the last good checkpoint is kept in {self.run_dir} — lower the learning rate"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.config.train.grad_clip:
+            self.scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, self.config.train.grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        if averaged is not None:
+            averaged.update_parameters(self.student)
+        return losses
 
     def _validate(self, epoch: int) -> dict[str, float]:
         last = epoch == self.config.train.epochs - 1
