@@ -106,6 +106,25 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatc
     assert all(torch.equal(good[k], kept[k]) for k in good)
 
 
+def test_train_step_updates_the_student_unless_the_loss_is_not_finite(tmp_path, monkeypatch):
+    from meddistill.tasks import SegmentationTask
+
+    trainer = Trainer(config_from_dict(tiny_config_dict(tmp_path)), progress=False)
+    batch = next(iter(trainer.loader))
+    before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    losses = trainer.train_step(batch, trainer.optimizer)
+    assert set(losses) == {"task"} and losses["task"].ndim == 0
+    assert any(not torch.equal(before[k], v) for k, v in trainer.student.state_dict().items())
+    after = {k: v.clone() for k, v in trainer.student.named_parameters()}
+    original = SegmentationTask.losses
+    monkeypatch.setattr(
+        SegmentationTask, "losses", lambda self, logits, batch: {k: v * float("inf") for k, v in original(self, logits, batch).items()}
+    )
+    with pytest.raises(MeddistillError, match="training diverged: loss is inf at a step"):
+        trainer.train_step(batch, trainer.optimizer)
+    assert all(torch.equal(after[k], v) for k, v in trainer.student.named_parameters())  # no step taken
+
+
 def test_invalid_learning_rate_is_a_user_error(tmp_path):
     values = tiny_config_dict(tmp_path, train={"optimizer": {"lr": 0.0}})
     with pytest.raises(MeddistillError, match="lr must be positive"):

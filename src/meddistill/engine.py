@@ -397,7 +397,7 @@ class Trainer:
         """One optimiser step on ``batch`` (on the CPU or the device); returns the named losses.
 
         Raises:
-            MeddistillError: the loss is not finite (the weights are left as they were).
+            MeddistillError: the loss is not finite (no optimiser step is taken).
         """
         batch = _to_device(batch, self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
