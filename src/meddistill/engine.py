@@ -394,7 +394,7 @@ class Trainer:
     def train_step(
         self, batch: dict[str, Tensor], optimizer: torch.optim.Optimizer, averaged: AveragedModel | None = None, where: str = ""
     ) -> dict[str, Tensor]:
-        """One optimiser step on ``batch`` (on the CPU or the device); returns the named losses.
+        """One optimiser step on ``batch`` (moved to the trainer's device first); returns the named losses.
 
         Raises:
             MeddistillError: the loss is not finite (no optimiser step is taken).
