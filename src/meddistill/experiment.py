@@ -38,7 +38,7 @@ from .errors import MeddistillError
 from .fsd import frechet_semantic_distance, load_gkd_alignment
 from .inference import evaluate_samples, predict_probability
 from .registry import did_you_mean
-from .report import folder_name, overlay, plot_panels
+from .report import folder_name, overlay, plot_panels, read_metrics_csv
 from .run_lock import run_folder_holder
 from .zoo import build_network, load_model, resolve_checkpoint
 
@@ -311,11 +311,11 @@ def _time_to_go(run_dir: Path, epochs: int) -> str:
     from the median of its latest five epochs (the pace of the machine it is on now); "" when
     it has logged no epoch yet."""
     log = run_dir / "metrics.csv"
-    rows = list(csv.DictReader(log.open())) if log.is_file() else []
-    if not rows:
+    columns = read_metrics_csv(log) if log.is_file() else {}
+    if not columns.get("epoch"):
         return ""
-    pace = float(np.median([float(r["seconds"]) for r in rows[-5:]]))
-    hours, minutes = divmod(round(pace * max(epochs - int(rows[-1]["epoch"]) - 1, 0) / 60), 60)
+    pace = float(np.median(columns["seconds"][-5:]))
+    hours, minutes = divmod(round(pace * max(epochs - int(columns["epoch"][-1]) - 1, 0) / 60), 60)
     return f"about {f'{hours} h {minutes:02d}' if hours else minutes} min to go at {pace / 60:.1f} min per epoch"
 
 
