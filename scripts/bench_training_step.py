@@ -67,12 +67,14 @@ def main() -> None:
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             results[run.label] = pool.submit(measure_step, run.config, args.steps, args.threads).result()
         print(f"{run.label}: {results[run.label]}", flush=True)
-    scratch = next((r for label, r in results.items() if label.endswith("/ none")), None)
+    # each student's rows against its own scratch row; the teacher has none
+    scratch = {run.config.student.name: results[run.label]["seconds"] for run in rows if run.row == "none"}
     print(f"\n{args.threads} thread(s), median of {args.steps} steps; batch {next(iter(results.values()))['batch']}\n")
-    print("| run | s per step | × scratch | peak memory of a step (MiB) |\n|---|---|---|---|")
-    for label, r in results.items():
-        ratio = f"{r['seconds'] / scratch['seconds']:.1f}" if scratch else "–"
-        print(f"| {label} | {r['seconds']:.2f} | {ratio} | {r['peak_mib']:.0f} |")
+    print("| run | s per step | × its scratch student | peak memory of a step (MiB) |\n|---|---|---|---|")
+    for run in rows:
+        r, base = results[run.label], scratch.get(run.config.student.name)
+        ratio = f"{r['seconds'] / base:.1f}" if base else "–"
+        print(f"| {run.label} | {r['seconds']:.2f} | {ratio} | {r['peak_mib']:.0f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "steps": args.steps, "rows": results}, f, indent=1)
