@@ -15,6 +15,7 @@ scratch students trained, and a quiet machine.
 import argparse
 import json
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -24,6 +25,7 @@ import torch
 from meddistill.config import ExperimentConfig
 from meddistill.cost import peak_memory_increase
 from meddistill.engine import Trainer
+from meddistill.errors import MeddistillError
 from meddistill.experiment import load_grid, plan_runs
 
 
@@ -55,6 +57,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per row, after two untimed")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    if args.threads < 1 or args.steps < 1:
+        parser.error("--threads and --steps must be at least 1")
     teacher, students = plan_runs(load_grid(args.grid))
     rows, seen = [], set()
     for run in (teacher, *students):
@@ -82,4 +86,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main()
+    try:
+        main()
+    except MeddistillError as error:
+        sys.exit(f"error: {error}")
