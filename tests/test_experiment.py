@@ -142,6 +142,12 @@ def test_status_lists_how_far_each_run_has_trained(grid, tmp_path, monkeypatch):
     assert "partial: pre-stage autoencoder trained" in lines["enet / gkd"]
     assert lines["teacher"].rstrip("│ ").endswith("missing") and lines["enet / kd"].rstrip("│ ").endswith("missing")
     assert not (tmp_path / "results").exists()  # nothing trained or evaluated
+    # --only narrows the list to a row and the runs it needs, as it narrows the training
+    kd_only = CliRunner().invoke(app, ["experiment", str(grid), "--status", "--only", "kd"])
+    kd_lines = [line.split("│")[1].strip() for line in kd_only.output.splitlines() if line.count("│") == 4]
+    assert kd_lines == ["teacher", "enet / kd"] and "0 of 2 runs done" in kd_only.output, kd_only.output
+    misspelt = CliRunner().invoke(app, ["experiment", str(grid), "--status", "--only", "gdk"])
+    assert misspelt.exit_code == 2 and "'gdk' is not a row of the grid (did you mean 'gkd'?)" in misspelt.output
     with hold_run_folder(run_dirs["enet / gkd"]):  # as a training does
         busy = CliRunner().invoke(app, ["experiment", str(grid), "--status"])
         twice = CliRunner().invoke(app, ["experiment", str(grid)])  # a second run of a grid that trains

@@ -174,7 +174,7 @@ def experiment(
     train: Annotated[bool, typer.Option("--train/--no-train", help="Train missing runs first (partial ones resume).")] = True,
     cost: Annotated[bool, typer.Option("--cost/--no-cost", help="Measure params, GFLOPs and CPU latency (needs a quiet machine); --no-cost reports the last measurement kept beside the table.")] = True,
     status: Annotated[bool, typer.Option("--status", help="Only list each run and how far it has trained; train and evaluate nothing.")] = False,
-    only: Annotated[Optional[list[str]], typer.Option(help="Train only this row of the grid (a key of its methods; repeatable) and the runs it needs first; every finished run is still reported.")] = None,
+    only: Annotated[Optional[list[str]], typer.Option(help="Train only this row of the grid (a key of its methods; repeatable) and the runs it needs first; every finished run is still reported. With --status: list only those runs.")] = None,
     jobs: Annotated[Optional[int], typer.Option(help="Training runs at a time (default: the grid's jobs).")] = None,
 ) -> None:
     """Cross-domain grid: train on a source dataset, test on targets, write the table and figures."""
@@ -183,7 +183,7 @@ def experiment(
     if not status:
         console.print(run_grid(grid, train=train, with_cost=cost, only=only, jobs=jobs))
         return
-    runs = grid_status(grid)
+    runs = grid_status(grid, only)
     reported = sum(state == "reported" for _, _, state, _ in runs)
     title = f"{grid}: {sum(state == 'done' for _, _, state, _ in runs)} of {len(runs)} runs done"
     table = Table(title=title + (f", {reported} more reported from earlier results" if reported else ""))

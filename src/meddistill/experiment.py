@@ -335,18 +335,19 @@ def run_progress(run: Run) -> tuple[str, str]:
     return state, f"{words}, training now ({holder})" + (f", {pace}" if pace else "")
 
 
-def grid_status(path: str | Path) -> list[tuple[str, str, str, str]]:
+def grid_status(path: str | Path, only: list[str] | None = None) -> list[tuple[str, str, str, str]]:
     """(row label, run folder or weights, *:func:`run_progress`) for every run of a grid, in order.
 
-    A run whose folder is gone but whose results the grid keeps (see :func:`evaluate_runs`) is
-    ``reported``.
+    ``only``: just the runs of these grid rows and the runs they need (as ``run_grid`` trains
+    them). A run whose folder is gone but whose results the grid keeps (see
+    :func:`evaluate_runs`) is ``reported``.
     """
     grid = load_grid(path)
     teacher, students = plan_runs(grid)
     cache, recorded = _read_records(Path(grid.out))
     names = grid_dataset_names(grid, students[0].config)
     status = []
-    for run in (teacher, *students):
+    for run in select_runs(teacher, students, only) if only else (teacher, *students):
         state, words = run_progress(run)
         if state == "missing" and _cached_row(run, cache, recorded, names):
             state, words = "reported", f"missing here; its results are kept in {_record_paths(Path(grid.out))[0]}"
