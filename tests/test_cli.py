@@ -127,6 +127,20 @@ def test_evaluate_and_bench_write_json(trained, tmp_path):
     result = invoke("evaluate", "segmentation", "--model", trained, "--model", trained, "--dataset", "folder",
                     "--root", folder, "--error-maps", tmp_path / "errors")
     assert result.exit_code == 2 and "error-map folder" in result.output
+    # an ensemble of a model and its copy scores as the model does; members must prepare photos alike
+    twin = tmp_path / "twin"
+    for suffix in (".safetensors", ".json"):
+        twin.with_suffix(suffix).write_bytes(trained.with_suffix(suffix).read_bytes())
+    result = invoke("evaluate", "segmentation", "--model", trained, "--model", twin, "--ensemble",
+                    "--dataset", "folder", "--root", folder, "--json", tmp_path / "ensemble.json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "ensemble.json").read_text())["results"]
+    assert scores["ensemble of 2"] == pytest.approx(scores[str(trained)], abs=1e-6)
+    meta = json.loads(twin.with_suffix(".json").read_text())
+    twin.with_suffix(".json").write_text(json.dumps(meta | {"clahe": not meta.get("clahe", False)}))
+    result = invoke("evaluate", "segmentation", "--model", trained, "--model", twin, "--ensemble",
+                    "--dataset", "folder", "--root", folder)
+    assert result.exit_code == 2 and "--ensemble needs models that prepare photos alike" in result.output
     # at threshold 0 every pixel of the field of view is called vessel
     result = invoke("evaluate", "segmentation", "--model", trained, "--dataset", "folder", "--root", folder,
                     "--threshold", 0, "--json", tmp_path / "all.json")

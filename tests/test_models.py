@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from meddistill.errors import MeddistillError
-from meddistill.models import MODELS, ENet, pad_to_multiple
+from meddistill.models import MODELS, ENet, ProbabilityEnsemble, pad_to_multiple
 
 # Small widths keep the tests fast; the parameter-count test uses the defaults.
 SMALL = {
@@ -160,3 +160,31 @@ def test_parameter_counts(name, kwargs, low, high):
 def test_enet_rejects_too_many_input_channels():
     with pytest.raises(MeddistillError, match="input channels"):
         ENet(in_channels=16)
+
+
+class _Constant(nn.Module):
+    """Logits ``(B, 2, *S)`` of one fixed value per class, whatever the input."""
+
+    def __init__(self, background: float, vessel: float) -> None:
+        super().__init__()
+        self.logits = torch.tensor([background, vessel])
+
+    def forward(self, x):
+        return self.logits.view(1, 2, *[1] * (x.dim() - 2)).expand(x.shape[0], 2, *x.shape[2:])
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 2, 3, 4)])
+def test_ensemble_softmax_is_the_mean_of_its_members_probabilities(shape):
+    # member 1: p(vessel) = sigmoid(0) = 0.5; member 2: sigmoid(ln 3) = 0.75; mean 0.625
+    ensemble = ProbabilityEnsemble([_Constant(0.0, 0.0), _Constant(0.0, torch.log(torch.tensor(3.0)).item())])
+    probability = torch.softmax(ensemble(torch.zeros(shape)), dim=1)
+    assert probability.shape == (shape[0], 2, *shape[2:])
+    assert torch.allclose(probability[:, 1], torch.full(probability[:, 1].shape, 0.625))
+
+
+def test_ensemble_passes_gradients_to_every_member_and_needs_two():
+    members = [MODELS.build("enet", in_channels=3, out_channels=2) for _ in range(2)]
+    ProbabilityEnsemble(members)(torch.randn(1, 3, 32, 32)).sum().backward()
+    assert all(p.grad is not None for m in members for p in m.parameters() if p.requires_grad)
+    with pytest.raises(MeddistillError, match="at least two models, got 1"):
+        ProbabilityEnsemble(members[:1])

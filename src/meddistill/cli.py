@@ -123,20 +123,31 @@ def evaluate_segmentation(
         "missed vessel blue, on the photo.")] = None,
     threshold: ThresholdOpt = 0.5,
     native_scale: NativeScaleOpt = False,
+    ensemble: Annotated[bool, typer.Option(
+        "--ensemble", help="Also score the mean of the models' probability maps, as a row 'ensemble of N'.")] = False,
 ) -> None:
     """Vessel-segmentation metrics inside the field of view, pooled over all images."""
     from .data import VesselSample, load_dataset, write_png
     from .inference import evaluate_samples
     from .metrics import segmentation_metrics
+    from .models import ProbabilityEnsemble
     from .report import folder_name, overlay
     from .zoo import load_model
 
     if error_maps and len({folder_name(name) for name in model}) < len(model):
         raise MeddistillError("two --model values would share one error-map folder; give each model once, under a distinct name")
     samples = load_dataset(dataset, root)
-    results, rows = {}, []
+    models = {}
     for name in model:
         net, meta = load_model(name, task="vessel-segmentation")
+        models[name] = net, _input_preparation(meta, native_scale)
+    if ensemble:
+        preparations = {preparation for _, preparation in models.values()}
+        if len(preparations) > 1:
+            raise MeddistillError(f"--ensemble needs models that prepare photos alike; these differ: {sorted(map(str, preparations))}")
+        models[f"ensemble of {len(models)}"] = ProbabilityEnsemble([net for net, _ in models.values()]), preparations.pop()
+    results, rows = {}, []
+    for name, (net, preparation) in models.items():
 
         def each_image(sample: VesselSample, prob: np.ndarray) -> None:
             if per_image:
@@ -145,8 +156,7 @@ def evaluate_segmentation(
                 truth = sample.vessels & sample.fov
                 write_png(error_maps / folder_name(name) / f"{sample.name}_errors.png", overlay(sample.image, prob >= threshold, truth))
 
-        results[name] = evaluate_samples(
-            net, samples, "cpu", _input_preparation(meta, native_scale), each_image, threshold=threshold)
+        results[name] = evaluate_samples(net, samples, "cpu", preparation, each_image, threshold=threshold)
     table = Table(title=f"{dataset} at {root} ({len(samples)} images)")
     table.add_column("model", overflow="fold")  # a cut checkpoint path is no use
     columns = list(next(iter(results.values())))
