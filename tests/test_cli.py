@@ -83,6 +83,11 @@ def test_segment_a_folder_of_images(trained, photo, tmp_path):
     empty.mkdir()
     result = invoke("segment", empty, "--model", trained, "--out", out)
     assert result.exit_code == 2 and "holds no images" in result.output
+    # one corrupt photo among good ones fails before any is segmented
+    (tmp_path / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    fresh = tmp_path / "fresh"
+    result = invoke("segment", tmp_path, "--model", trained, "--out", fresh)
+    assert result.exit_code == 2 and "zz_broken.png" in result.output and not fresh.exists()
 
 
 def test_distill_from_the_trained_checkpoint(trained, tmp_path):

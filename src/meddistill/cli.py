@@ -442,15 +442,17 @@ def segment(
     from .zoo import load_model
 
     paths = _expand_image_paths(images)
-    # Read every image first so a bad file fails before any work is done.
-    loaded = [(path, read_rgb(path)) for path in paths]
-    net, meta = load_model(model, task="vessel-segmentation")
-    preparation = _input_preparation(meta, native_scale)
     stems = [path.stem for path in paths]
     if len(set(stems)) != len(stems):
         raise MeddistillError("two input images share a file name stem; their outputs would overwrite each other")
-    for path, image in loaded:
-        written = segment_to_files(net, image, path.stem, out, threshold=threshold, preparation=preparation)
+    # Every image is read once up front, so a bad file fails before any work is done, and
+    # again when its turn comes: one image in memory at a time, however many are given.
+    for path in paths:
+        read_rgb(path)
+    net, meta = load_model(model, task="vessel-segmentation")
+    preparation = _input_preparation(meta, native_scale)
+    for path in paths:
+        written = segment_to_files(net, read_rgb(path), path.stem, out, threshold=threshold, preparation=preparation)
         console.print(f"{path} → {written['mask']}")
 
 
