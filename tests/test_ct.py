@@ -69,6 +69,8 @@ def test_chaos_dicom_slices_are_ordered_by_position_and_windowed(tmp_path):
     assert first.image.max() == 0 and second.image.min() == 255  # z = 10 (-160 HU) comes before z = 20 (240 HU)
     assert first.vessels[:4, :4].all() and not first.vessels[4:].any() and first.fov.all()
     assert {s.subject for s in samples} == {"1"}
+    # the three channels are one grey plane, not three copies (LiTS holds thousands of slices)
+    assert np.shares_memory(first.image[..., 0], first.image[..., 2]) and not first.image.flags.writeable
 
 
 def test_chaos_png_slices(tmp_path):
