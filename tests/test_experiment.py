@@ -125,6 +125,27 @@ def test_experiment_trains_evaluates_and_writes_the_table(grid, tmp_path, monkey
     assert changed.exit_code == 2 and "holds a run with other settings (train.epochs: 1 there, 2 here)" in changed.output
 
 
+def test_a_target_defined_otherwise_is_evaluated_afresh(grid, tmp_path, monkeypatch):
+    """Cached metrics belong to a target's definition, not just its name: never a stale number."""
+    spec = yaml.safe_load(grid.read_text())
+    spec["methods"] = {"none": {"method": "none"}}
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"]).exit_code == 0
+    rows = lambda: {r["model / method"]: r for r in csv.DictReader((tmp_path / "results" / "results.csv").open())}  # noqa: E731
+    before = rows()
+    _write_folder_dataset(tmp_path / "other", phantom_samples(2, 96, seed=31))
+    spec["targets"]["unseen"]["root"] = str(tmp_path / "other")
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    (tmp_path / "runs" / "g-enet-none").rename(tmp_path / "archived")  # its results can no longer stand
+    moved = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"])
+    assert moved.exit_code == 0, moved.output
+    assert "teacher unseen" in moved.output and "skipping enet / none: run not finished" in moved.output
+    after = rows()
+    assert list(after) == ["teacher"] and after["teacher"]["F1 unseen"] != before["teacher"]["F1 unseen"]
+    assert after["teacher"]["F1 phantom (held-out)"] == before["teacher"]["F1 phantom (held-out)"]  # still cached
+    assert json.loads((tmp_path / "results" / "targets.json").read_text())["unseen"]["root"] == str(tmp_path / "other")
+
+
 def test_status_lists_how_far_each_run_has_trained(grid, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "console", Console(width=300))  # one table row a line
     _, runs = plan_runs(load_grid(grid))

@@ -344,7 +344,7 @@ def grid_status(path: str | Path, only: list[str] | None = None) -> list[tuple[s
     """
     grid = load_grid(path)
     teacher, students = plan_runs(grid)
-    cache, recorded = _read_records(Path(grid.out))
+    cache, recorded = _read_records(Path(grid.out), grid.targets)
     names = grid_dataset_names(grid, students[0].config)
     status = []
     for run in select_runs(teacher, students, only) if only else (teacher, *students):
@@ -468,16 +468,26 @@ def load_grid_datasets(grid: GridConfig, source: ExperimentConfig) -> dict[str, 
     return dict(zip(grid_dataset_names(grid, source), loaded))
 
 
-def _record_paths(out: Path) -> tuple[Path, Path]:
-    """Where a grid keeps its metrics cache and its run records: ``out/metrics.json``, ``out/runs.json``."""
-    return out / "metrics.json", out / "runs.json"
+def _record_paths(out: Path) -> tuple[Path, Path, Path]:
+    """Where a grid keeps its metrics cache, its run records and the definitions of the targets
+    they were computed on: ``out/metrics.json``, ``out/runs.json``, ``out/targets.json``."""
+    return out / "metrics.json", out / "runs.json", out / "targets.json"
 
 
-def _read_records(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The metrics cache and run records of :func:`_record_paths`, empty if absent."""
-    cache_path, recorded_path = _record_paths(out)
+def _read_records(out: Path, targets: dict[str, TargetConfig]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The metrics cache and run records of :func:`_record_paths`, empty if absent, less every
+    result on a target the grid now defines otherwise (another folder, layout or subset)."""
+    cache_path, recorded_path, targets_path = _record_paths(out)
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else {}
+    before = json.loads(targets_path.read_text()) if targets_path.is_file() else {}
+    # filled in with today's defaults, so a field added since is no change
+    changed = [name for name, target in targets.items() if name in before and build_dataclass(TargetConfig, before[name]) != target]
+    for name in changed:
+        for entry in cache.values():
+            entry.pop(name, None)
+        for record in recorded.values():
+            record.get("fsd", {}).pop(name, None)
     return cache, recorded
 
 
@@ -499,23 +509,26 @@ def evaluate_runs(
     students: list[Run],
     datasets: dict[str, list[VesselSample]],
     out: Path,
+    targets: dict[str, TargetConfig],
     device: str = "cpu",
 ) -> dict[str, dict[str, Any]]:
     """Metrics per dataset (computed on ``device``) and FSD of GKD runs.
 
     Metrics are cached in ``out/metrics.json``; ``out/runs.json`` records, per evaluated
-    checkpoint, the run's config and its FSD. A run whose folder is gone (archived, or trained
-    on another machine) is reported from these records as long as the grid still plans the same
-    config, with ``net`` None (the figures then stay as they are). Each other result holds its
-    best checkpoint as ``net``.
+    checkpoint, the run's config and its FSD; ``out/targets.json`` the ``targets`` they were
+    computed on (a target defined otherwise since is evaluated afresh). A run whose folder is
+    gone (archived, or trained on another machine) is reported from these records as long as
+    the grid still plans the same config, with ``net`` None (the figures then stay as they
+    are). Each other result holds its best checkpoint as ``net``.
     """
-    cache_path, recorded_path = _record_paths(out)
-    cache, recorded = _read_records(out)
+    cache_path, recorded_path, targets_path = _record_paths(out)
+    cache, recorded = _read_records(out, targets)
 
     def save() -> None:
         out.mkdir(parents=True, exist_ok=True)
         cache_path.write_text(json.dumps(cache, indent=2))
         recorded_path.write_text(json.dumps(recorded, indent=2))
+        targets_path.write_text(json.dumps({name: asdict(target) for name, target in targets.items()}, indent=2))
 
     results: dict[str, dict[str, Any]] = {}
     diameters: dict[str, float] = {}
@@ -730,7 +743,7 @@ def run_grid(
         train_runs(select_runs(teacher, students, only) if only else [teacher, *students], grid.jobs if jobs is None else jobs)
     out = Path(grid.out)
     datasets = load_grid_datasets(grid, students[0].config)
-    results = evaluate_runs(teacher, students, datasets, out, grid.device)
+    results = evaluate_runs(teacher, students, datasets, out, grid.targets, grid.device)
     if not results:
         raise MeddistillError("no finished runs to report yet")
     attach_costs(results, grid, out, measure=with_cost)
