@@ -22,6 +22,7 @@ from meddistill.data import (
     compute_fov,
     equalize_contrast,
     fov_diameter,
+    hold_out_subjects,
     load_chase,
     load_dataset,
     load_drive,
@@ -29,6 +30,7 @@ from meddistill.data import (
     load_hrf,
     load_stare,
     normalize_image,
+    random_subset,
     read_mask,
     read_rgb,
     rescale_to_fov_diameter,
@@ -453,6 +455,37 @@ def test_patch_dataset_rejects_bad_rotation_or_zoom():
         PatchDataset([_aligned_sample()], patch_size=16, patches_per_image=1, scale_range=1.5)
     with pytest.raises(MeddistillError, match="rotate_degrees"):
         PatchDataset([_aligned_sample()], patch_size=16, patches_per_image=1, rotate_degrees=-5)
+
+
+def test_hold_out_subjects_holds_out_exactly_those_subjects():
+    ct = [VesselSample(f"chaos{p}_{k:03d}", None, None, None, str(p)) for p in (1, 2, 24, 25) for k in range(2)]
+    train, val = hold_out_subjects(ct, [24, "25"])  # YAML gives patient numbers as integers
+    assert [s.name for s in val] == ["chaos24_000", "chaos24_001", "chaos25_000", "chaos25_001"]
+    assert [s.name for s in train] == ["chaos1_000", "chaos1_001", "chaos2_000", "chaos2_001"]
+    drive = [VesselSample(f"{n}_training", None, None, None) for n in (21, 22, 23)]  # no subject: the image's name
+    assert [s.name for s in hold_out_subjects(drive, ["23_training"])[1]] == ["23_training"]
+    with pytest.raises(MeddistillError, match="no subject '26' in the dataset"):
+        hold_out_subjects(ct, [26])
+
+
+def test_random_subset_is_seeded_and_keeps_the_order():
+    samples = [VesselSample(f"lits0_{k:03d}", None, None, None) for k in range(10)]
+    picked = [s.name for s in random_subset(samples, 4, seed=3)]
+    assert len(set(picked)) == 4 and picked == sorted(picked)
+    assert picked == [s.name for s in random_subset(samples, 4, seed=3)]
+    assert any([s.name for s in random_subset(samples, 4, seed=k)] != picked for k in range(4, 8))
+    assert random_subset(samples, 0, seed=3) == samples
+    with pytest.raises(MeddistillError, match="cannot draw 11 images from a dataset of 10"):
+        random_subset(samples, 11, seed=0)
+
+
+def test_val_subjects_fix_the_held_out_images():
+    from meddistill.builders import build_samples
+    from meddistill.config import DataConfig
+
+    data = DataConfig(phantom_count=4, phantom_size=64, val_subjects=["phantom_0_002"])
+    train, val = build_samples(data, 0)
+    assert [s.name for s in val] == ["phantom_0_002"] and len(train) == 3
 
 
 def test_split_seed_keeps_the_split_across_run_seeds():

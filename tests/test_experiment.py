@@ -146,6 +146,22 @@ def test_a_target_defined_otherwise_is_evaluated_afresh(grid, tmp_path, monkeypa
     assert json.loads((tmp_path / "results" / "targets.json").read_text())["unseen"]["root"] == str(tmp_path / "other")
 
 
+def test_a_target_can_be_a_random_subset_of_its_images(grid):
+    """As the GKD paper tests on 1,000 slices drawn from LiTS."""
+    spec = yaml.safe_load(grid.read_text())
+    spec["targets"]["unseen"] |= {"images": 1, "seed": 5}
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    config = load_grid(grid)
+    _, students = plan_runs(config)
+    datasets = experiment.load_grid_datasets(config, students[0].config)
+    assert len(datasets["unseen"]) == 1
+    assert [s.name for s in experiment.load_grid_datasets(config, students[0].config)["unseen"]] == [s.name for s in datasets["unseen"]]
+    spec["targets"]["unseen"]["images"] = 3
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = CliRunner().invoke(app, ["experiment", str(grid), "--no-train", "--no-cost"])
+    assert result.exit_code == 2 and "target 'unseen': cannot draw 3 images from a dataset of 2" in result.output
+
+
 def test_status_lists_how_far_each_run_has_trained(grid, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "console", Console(width=300))  # one table row a line
     _, runs = plan_runs(load_grid(grid))

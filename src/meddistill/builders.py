@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .config import DataConfig, ExperimentConfig, NetworkConfig
-from .data import VesselSample, load_dataset, make_phantom_dataset, split_samples
+from .data import VesselSample, hold_out_subjects, load_dataset, make_phantom_dataset, split_samples
 from .errors import MeddistillError
 from .zoo import build_network, load_model
 
@@ -19,7 +19,7 @@ def phantom_samples(count: int, size: int, seed: int) -> list[VesselSample]:
 
 
 def build_samples(data: DataConfig, seed: int) -> tuple[list[VesselSample], list[VesselSample]]:
-    """Training and validation samples (a deterministic split by image).
+    """Training and validation samples (a deterministic split by image, or by ``data.val_subjects``).
 
     ``data.split_seed``, when set, replaces ``seed`` here, so that runs with other seeds
     (replicates) train and validate on the same images.
@@ -32,7 +32,10 @@ def build_samples(data: DataConfig, seed: int) -> tuple[list[VesselSample], list
         if data.root is None:
             raise MeddistillError(f"data.root must be set for dataset '{data.dataset}'")
         samples = load_dataset(data.dataset, data.root)
-    train, val = split_samples(samples, data.val_fraction, seed)
+    if data.val_subjects:
+        train, val = hold_out_subjects(samples, data.val_subjects)
+    else:
+        train, val = split_samples(samples, data.val_fraction, seed)
     if not train:
         raise MeddistillError("no training images left after the validation split")
     return train, val

@@ -36,6 +36,9 @@ class DataConfig:
     dataset: str = "phantom"  # phantom | drive | chase | stare | hrf | chaos | lits | folder | auto
     root: str | None = None
     val_fraction: float = 0.2
+    # hold out exactly these subjects (CT patients, CHASE_DB1 children, image names) instead of
+    # a val_fraction drawn at random: a paper's fixed split
+    val_subjects: list[str | int] = field(default_factory=list)
     split_seed: int | None = None  # seed of the phantoms and the train/val split; None: the run's seed
     phantom_count: int = 12
     phantom_size: int = 256

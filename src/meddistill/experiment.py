@@ -31,7 +31,7 @@ from .builders import build_samples
 from .checkpoint import checkpoint_paths, read_meta
 from .config import ExperimentConfig, build_dataclass, config_from_dict, config_to_dict, load_config, read_yaml
 from .cost import ModelCost, measure_cost
-from .data import Preparation, VesselSample, load_dataset, training_fov_diameter
+from .data import Preparation, VesselSample, load_dataset, random_subset, training_fov_diameter
 from .distill import METHODS, GKDDistiller
 from .engine import check_device_name, resolve_device
 from .errors import MeddistillError
@@ -51,6 +51,8 @@ class TargetConfig:
 
     dataset: str = "auto"
     root: str = "."
+    images: int = 0  # test on this many of its images, drawn at random with seed (0: all of them)
+    seed: int = 0
 
 
 @dataclass
@@ -464,7 +466,12 @@ def load_grid_datasets(grid: GridConfig, source: ExperimentConfig) -> dict[str, 
     _, held_out = build_samples(source.data, source.seed)
     if not held_out:
         raise MeddistillError("the student config holds out no source images (data.val_fraction is 0)")
-    loaded = [held_out, *(load_dataset(t.dataset, t.root) for t in grid.targets.values())]
+    loaded = [held_out]
+    for name, target in grid.targets.items():
+        try:
+            loaded.append(random_subset(load_dataset(target.dataset, target.root), target.images, target.seed))
+        except MeddistillError as err:
+            raise MeddistillError(f"target '{name}': {err}") from None
     return dict(zip(grid_dataset_names(grid, source), loaded))
 
 

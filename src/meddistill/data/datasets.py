@@ -35,6 +35,8 @@ __all__ = [
     "load_folder",
     "load_hrf",
     "load_stare",
+    "hold_out_subjects",
+    "random_subset",
     "split_samples",
 ]
 
@@ -299,3 +301,29 @@ def split_samples(
     train = [s for s, k in zip(samples, keys) if k not in val_groups]
     val = [s for s, k in zip(samples, keys) if k in val_groups]
     return train, val
+
+
+def hold_out_subjects(samples: Sequence[VesselSample], subjects: Sequence[str | int]) -> tuple[list[VesselSample], list[VesselSample]]:
+    """Split samples into (train, validation) with exactly the samples of ``subjects`` held out.
+
+    A subject is a CT patient (``24``), a CHASE_DB1 child (``Image_11``) or, for an image
+    without one, the image's name (``21_training``); a split fixed by a paper is given so.
+    A subject the samples lack is an error.
+    """
+    keys = [s.subject or s.name for s in samples]
+    known = list(dict.fromkeys(keys))
+    held = {str(subject) for subject in subjects}
+    for subject in map(str, subjects):
+        if subject not in known:
+            raise MeddistillError(f"val_subjects: no subject '{subject}' in the dataset{did_you_mean(subject, known)}")
+    return [s for s, k in zip(samples, keys) if k not in held], [s for s, k in zip(samples, keys) if k in held]
+
+
+def random_subset(samples: Sequence[VesselSample], count: int, seed: int) -> list[VesselSample]:
+    """``count`` samples drawn at random with ``seed``, kept in their original order; all of them when ``count`` is 0."""
+    if not 0 <= count <= len(samples):
+        raise MeddistillError(f"cannot draw {count} images from a dataset of {len(samples)}")
+    if count == 0:
+        return list(samples)
+    chosen = np.random.default_rng(seed).choice(len(samples), size=count, replace=False)
+    return [samples[i] for i in sorted(chosen)]
