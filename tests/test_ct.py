@@ -168,3 +168,11 @@ def test_train_on_chaos_and_evaluate_on_lits_from_the_cli(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["image"] for r in rows] == ["lits0_000", "lits0_001"]  # every slice holds liver
     assert all(0.0 <= float(r["f1"]) <= 1.0 for r in rows)
+    # one slice drawn at random, as the GKD paper draws 1,000 LiTS slices
+    one = runner.invoke(app, ["evaluate", "segmentation", "--model", model, "--dataset", "lits", "--root", str(tmp_path / "lits"),
+                              "--images", "1", "--seed", "3", "--per-image", str(tmp_path / "one.csv")])
+    assert one.exit_code == 0, one.output
+    with (tmp_path / "one.csv").open() as f:
+        assert [r["image"] for r in csv.DictReader(f)] in (["lits0_000"], ["lits0_001"])
+    too_many = runner.invoke(app, ["evaluate", "segmentation", "--model", model, "--dataset", "lits", "--root", str(tmp_path / "lits"), "--images", "3"])
+    assert too_many.exit_code == 2 and "cannot draw 3 images from a dataset of 2" in too_many.output

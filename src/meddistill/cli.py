@@ -125,9 +125,11 @@ def evaluate_segmentation(
     native_scale: NativeScaleOpt = False,
     ensemble: Annotated[bool, typer.Option(
         "--ensemble", help="Also score the mean of the models' probability maps, as a row 'ensemble of N'.")] = False,
+    images: Annotated[int, typer.Option(min=0, help="Score this many of the dataset's images, drawn at random with --seed (0: all).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the --images draw.")] = 0,
 ) -> None:
     """Vessel-segmentation metrics inside the field of view, pooled over all images."""
-    from .data import VesselSample, load_dataset, write_png
+    from .data import VesselSample, load_dataset, random_subset, write_png
     from .inference import evaluate_samples
     from .metrics import segmentation_metrics
     from .models import ProbabilityEnsemble
@@ -136,7 +138,7 @@ def evaluate_segmentation(
 
     if error_maps and len({folder_name(name) for name in model}) < len(model):
         raise MeddistillError("two --model values would share one error-map folder; give each model once, under a distinct name")
-    samples = load_dataset(dataset, root)
+    samples = random_subset(load_dataset(dataset, root), images, seed)
     models = {}
     for name in model:
         net, meta = load_model(name, task="vessel-segmentation")
