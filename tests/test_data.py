@@ -33,6 +33,7 @@ from meddistill.data import (
     random_subset,
     read_mask,
     read_rgb,
+    rescale_sample,
     rescale_to_fov_diameter,
     split_samples,
     write_png,
@@ -498,3 +499,13 @@ def test_split_seed_keeps_the_split_across_run_seeds():
 
     assert held_out(0, None) != held_out(1, None)  # the run's seed picks the images by default
     assert held_out(0, 0) == held_out(1, 0) == held_out(2, 0) == held_out(0, None)
+
+
+def test_rescale_sample_resizes_photo_and_masks_together():
+    sample = VesselSample("eye", *_fundus(0), subject="child")
+    wide = rescale_sample(sample, 2 * fov_diameter(sample.fov))
+    assert wide.name == "eye" and wide.subject == "child"
+    assert wide.image.shape == (2 * H, 2 * W, 3) and wide.vessels.shape == wide.fov.shape == (2 * H, 2 * W)
+    assert wide.vessels.dtype == bool and wide.fov.dtype == bool
+    assert wide.vessels[::2, ::2].sum() == pytest.approx(sample.vessels.sum(), rel=0.05)  # nearest neighbour
+    assert rescale_sample(sample, fov_diameter(sample.fov)).image is sample.image  # already at that size

@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 import torch
@@ -49,3 +50,36 @@ def test_cldice_term_is_trained_and_logged(tmp_path):
     row = next(csv.DictReader((result.run_dir / "metrics.csv").open()))
     assert 0 < float(row["train_cldice"]) <= 0.5
     assert float(row["train_loss"]) == pytest.approx(float(row["train_task"]) + float(row["train_cldice"]), rel=1e-5)
+
+
+def test_fov_diameter_trains_on_resized_photos_and_validates_each_at_its_own_size():
+    from meddistill.config import DataConfig
+    from meddistill.data import Preparation, training_fov_diameter
+    from meddistill.inference import evaluate_samples
+    from meddistill.zoo import build_network
+
+    data = DataConfig(dataset="phantom", phantom_count=4, phantom_size=64, patch_size=32, patches_per_image=1)
+    native = SegmentationTask().build_data(data, seed=0)
+    diameter = native.meta["fov_diameter_px"]
+    doubled = SegmentationTask(fov_diameter=2 * diameter).build_data(data, seed=0)
+    # the training photos were resized (the recorded median diameter doubles, up to rounding) ...
+    assert doubled.meta["fov_diameter_px"] == pytest.approx(2 * diameter, rel=0.03)
+    assert training_fov_diameter(native.validation) == training_fov_diameter(doubled.validation)
+    # ... the validation photos were not: they are resized on the way in and scored at their own size
+    torch.manual_seed(0)
+    net = build_network("enet").eval()
+    task = SegmentationTask(fov_diameter=2 * diameter)
+    metrics = task.validate(net, doubled.validation, torch.device("cpu"))
+    assert metrics == evaluate_samples(net, doubled.validation, "cpu", Preparation(2 * diameter))
+    assert metrics != evaluate_samples(net, doubled.validation, "cpu", Preparation())
+
+
+def test_fov_diameter_is_checked_and_recorded_in_the_checkpoint(tmp_path):
+    for bad in (0, -5, "wide"):
+        with pytest.raises(MeddistillError, match="fov_diameter must be a width in pixels"):
+            SegmentationTask(fov_diameter=bad)
+    values = tiny_config_dict(tmp_path, task={"name": "vessel-segmentation", "args": {"fov_diameter": 90}},
+                              train={"epochs": 1, "batch_size": 2})
+    result = train(config_from_dict(values), progress=False)
+    meta = json.loads((result.run_dir / "last.json").read_text())
+    assert meta["fov_diameter_px"] == pytest.approx(90, rel=0.03)

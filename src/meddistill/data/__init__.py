@@ -14,7 +14,7 @@ from .datasets import (
     random_subset,
     split_samples,
 )
-from .fov import compute_fov, fov_diameter, rescale_to_fov_diameter, training_fov_diameter
+from .fov import compute_fov, fov_diameter, rescale_sample, rescale_to_fov_diameter, training_fov_diameter
 from .io import IMAGE_SUFFIXES, read_mask, read_rgb, write_png
 from .patches import PatchDataset, equalize_contrast, normalize_image
 from .phantom import FundusPhantom, make_fundus_phantom, make_phantom_dataset
@@ -44,6 +44,7 @@ __all__ = [
     "read_mask",
     "random_subset",
     "read_rgb",
+    "rescale_sample",
     "rescale_to_fov_diameter",
     "training_fov_diameter",
     "split_samples",

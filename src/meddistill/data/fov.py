@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_isodata
 
-__all__ = ["compute_fov", "fov_diameter", "rescale_to_fov_diameter"]
+__all__ = ["compute_fov", "fov_diameter", "rescale_sample", "rescale_to_fov_diameter"]
 
 # A two-class threshold (ISODATA, like Otsu) of the red channel splits bright retina from dim
 # retina rather than retina from the black surround, and cuts into the dark rim of poorly lit
@@ -83,3 +85,10 @@ def rescale_to_fov_diameter(
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     nearest = lambda m: cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)  # noqa: E731
     return cv2.resize(image, size, interpolation=interpolation), nearest(fov), tuple(nearest(m) for m in masks)
+
+
+def rescale_sample(sample, fov_diameter_px: float):
+    """A copy of a :class:`~meddistill.data.VesselSample` resized by :func:`rescale_to_fov_diameter`
+    (its vessel mask by nearest neighbour)."""
+    image, fov, (vessels,) = rescale_to_fov_diameter(sample.image, sample.fov, fov_diameter_px, (sample.vessels,))
+    return replace(sample, image=image, fov=fov, vessels=vessels)
