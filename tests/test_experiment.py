@@ -406,7 +406,7 @@ def test_a_grid_can_distil_from_a_teacher_trained_elsewhere(grid, tmp_path):
     assert both.exit_code == 2 and "either 'teacher' (a config to train) or 'teacher_weights'" in both.output
 
     del spec["teacher"]
-    spec["methods"] = {"none": {"method": "none"}, "kd": {"method": "kd"}}
+    spec["methods"] = {"none": {"method": "none"}, "kd": {"method": "kd", "start_from": "none"}}
     grid.write_text(yaml.safe_dump(spec, sort_keys=False))
     result = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"])
     assert result.exit_code == 0, result.output
@@ -505,3 +505,35 @@ def test_costs_are_measured_once_per_architecture_and_kept_for_later_reports(gri
     nothing_kept = untimed()
     experiment.attach_costs(nothing_kept, config, tmp_path / "elsewhere", measure=False)
     assert all("cost" not in r for r in nothing_kept.values())
+
+
+def test_kept_rows_stand_only_while_their_teacher_is_the_one_they_were_distilled_from(grid, tmp_path, monkeypatch):
+    """A teacher trained again makes the kept rows distilled from the old one stale: never a mixed table."""
+    spec = yaml.safe_load(grid.read_text())
+    spec["methods"] = {"none": {"method": "none"}, "kd": {"method": "kd", "start_from": "none"}}
+    grid.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert CliRunner().invoke(app, ["experiment", str(grid), "--no-cost"]).exit_code == 0
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    recorded = json.loads((out / "runs.json").read_text())
+    kd_record = next(v for k, v in recorded.items() if k.startswith(f"{runs / 'g-enet-kd'}@"))
+    assert sorted(kd_record["made_from"]) == [str(runs / "g-enet-none"), str(runs / "teacher")]
+    (runs / "g-enet-kd").rename(tmp_path / "archived-kd")
+    labels = lambda: [r["model / method"] for r in csv.DictReader((out / "results.csv").open())]  # noqa: E731
+    kept = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"])
+    assert "enet / kd: run folder absent, reported from" in kept.output and labels() == ["teacher", "enet / none", "enet / kd"]
+    # the teacher is trained again (other weights): the archived KD row no longer stands
+    weights = runs / "teacher" / "best.safetensors"
+    original = weights.read_bytes()
+    save_file({k: v + 0.01 for k, v in load_file(weights).items()}, weights)
+    stale = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"])
+    assert stale.exit_code == 0, stale.output
+    assert "enet / kd: not reported: its results in" in stale.output and "teacher unseen" in stale.output
+    assert labels() == ["teacher", "enet / none"]
+    monkeypatch.setattr(cli, "console", Console(width=300))
+    status = CliRunner().invoke(app, ["experiment", str(grid), "--status"])
+    kd_line = next(line for line in status.output.splitlines() if "enet / kd" in line)
+    assert "made from other weights than its teacher's or start's now" in kd_line
+    # with the teacher it was distilled from back, it stands again
+    weights.write_bytes(original)
+    back = CliRunner().invoke(app, ["experiment", str(grid), "--no-cost", "--no-train"])
+    assert "enet / kd: run folder absent, reported from" in back.output and labels() == ["teacher", "enet / none", "enet / kd"]

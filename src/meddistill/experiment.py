@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -348,11 +349,15 @@ def grid_status(path: str | Path, only: list[str] | None = None) -> list[tuple[s
     teacher, students = plan_runs(grid)
     cache, recorded = _read_records(Path(grid.out), grid.targets)
     names = grid_dataset_names(grid, students[0].config)
+    standing = _standing([teacher, *students], cache, recorded, names)
+    where = _record_paths(Path(grid.out))[0]
     status = []
     for run in select_runs(teacher, students, only) if only else (teacher, *students):
         state, words = run_progress(run)
-        if state == "missing" and _cached_row(run, cache, recorded, names):
-            state, words = "reported", f"missing here; its results are kept in {_record_paths(Path(grid.out))[0]}"
+        if run.source in standing.kept:
+            state, words = "reported", f"missing here; its results are kept in {where}"
+        elif run.label in standing.refused:
+            words = f"missing here; the results kept in {where} were made from other weights than its teacher's or start's now"
         status.append((run.label, run.source, state, words))
     return status
 
@@ -507,6 +512,50 @@ def _cached_row(run: Run, cache: dict[str, Any], recorded: dict[str, Any], datas
     return None if _config_differences(saved, run) else keys[0]
 
 
+def _weights_digest(checkpoint: str) -> str:
+    """The first 12 hex digits of the SHA-256 of a checkpoint's weights file."""
+    return hashlib.sha256(checkpoint_paths(resolve_checkpoint(checkpoint))[0].read_bytes()).hexdigest()[:12]
+
+
+def _made_from(run: Run, runs: list[Run]) -> list[Run]:
+    """The grid's runs whose weights ``run`` was trained from: its teacher, the student it
+    starts from and the run whose pre-stages it copies."""
+    used = {run.config.student.weights}
+    if METHODS.get(run.variant.method).needs_teacher:
+        used.add(run.config.teacher.weights)
+    return [r for r in runs if r is not run and (r.checkpoint in used or r.run_dir == run.stages_from)]
+
+
+@dataclass
+class _Standing:
+    """What each run of a grid reports now (see :func:`_standing`)."""
+
+    digests: dict[str, str]  # run source -> digest of the weights it reports
+    kept: dict[str, str]  # run source -> cache key of the kept results it is reported from
+    refused: list[str]  # labels of runs whose kept results were made from other weights
+
+
+def _standing(runs: list[Run], cache: dict[str, Any], recorded: dict[str, Any], datasets: list[str]) -> _Standing:
+    """Which results each run reports: a finished run its own weights; a run whose folder is
+    gone the results kept for it, as long as the grid plans the same config *and* they were
+    made from the weights its teacher and start report now (a teacher trained again makes the
+    rows distilled from the old one stale). ``runs`` in grid order: a run's sources first."""
+    standing = _Standing({}, {}, [])
+    for run in runs:
+        state = run.state()
+        if state == "done":
+            with suppress(MeddistillError):  # no weights file: loading it says so, where it matters
+                standing.digests[run.source] = _weights_digest(run.checkpoint)
+        elif state == "missing" and (key := _cached_row(run, cache, recorded, datasets)):
+            made_from = recorded[key].get("made_from")  # absent in records written before it was kept
+            if made_from is None or all(standing.digests.get(source) == digest for source, digest in made_from.items()):
+                standing.digests[run.source] = key.rsplit("@", 1)[1]
+                standing.kept[run.source] = key
+            else:
+                standing.refused.append(run.label)
+    return standing
+
+
 def _is_gkd(run: Run) -> bool:
     return METHODS.get(run.variant.method) is GKDDistiller
 
@@ -525,8 +574,9 @@ def evaluate_runs(
     checkpoint, the run's config and its FSD; ``out/targets.json`` the ``targets`` they were
     computed on (a target defined otherwise since is evaluated afresh). A run whose folder is
     gone (archived, or trained on another machine) is reported from these records as long as
-    the grid still plans the same config, with ``net`` None (the figures then stay as they
-    are). Each other result holds its best checkpoint as ``net``.
+    the grid still plans the same config and its teacher and start still report the weights it
+    was made from (``made_from`` in ``runs.json``), with ``net`` None (the figures then stay as
+    they are). Each other result holds its best checkpoint as ``net``.
     """
     cache_path, recorded_path, targets_path = _record_paths(out)
     cache, recorded = _read_records(out, targets)
@@ -540,27 +590,33 @@ def evaluate_runs(
     results: dict[str, dict[str, Any]] = {}
     diameters: dict[str, float] = {}
     where = resolve_device(device)
-    for run in [teacher, *students]:
-        state = run.state()
-        if state == "missing" and (key := _cached_row(run, cache, recorded, list(datasets))):
+    runs = [teacher, *students]
+    standing = _standing(runs, cache, recorded, list(datasets))
+    for run in runs:
+        if key := standing.kept.get(run.source):
             print(f"{run.label}: run folder absent, reported from {cache_path}", flush=True)
             results[run.label] = {"run": run, "net": None, "metrics": cache[key]}
             if _is_gkd(run):
                 results[run.label]["fsd"] = recorded[key].get("fsd", {})
             continue
-        if state != "done":
+        if run.label in standing.refused:
+            print(f"{run.label}: not reported: its results in {cache_path} were made from other weights "
+                  "than its teacher's or start's now", flush=True)
+            continue
+        if run.state() != "done":
             print(f"skipping {run.label}: run not finished", flush=True)
             continue
         net, meta, preparation = load_run_model(run, diameters)
         # the weights' digest: a run trained again to the same best epoch is evaluated again
-        digest = hashlib.sha256(checkpoint_paths(resolve_checkpoint(run.checkpoint))[0].read_bytes()).hexdigest()[:12]
-        key = f"{run.source}@{meta['epoch']}@{preparation.fov_diameter_px:.1f}px@{digest}"
+        key = f"{run.source}@{meta['epoch']}@{preparation.fov_diameter_px:.1f}px@{standing.digests[run.source]}"
         for stale in [k for k in cache if k.startswith(f"{run.source}@") and k != key]:
             del cache[stale]
             recorded.pop(stale, None)
         entry = cache.setdefault(key, {})
         record = recorded.setdefault(key, {})
         record["config"] = config_to_dict(run.config)
+        # what it was made from, as the grid has it now: the first evaluation of these weights
+        record.setdefault("made_from", {r.source: standing.digests.get(r.source) for r in _made_from(run, runs)})
         for name, samples in datasets.items():
             if name not in entry:
                 entry[name] = evaluate_samples(net, samples, where, preparation)
