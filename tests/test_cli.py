@@ -193,6 +193,14 @@ def test_user_mistakes_exit_2_without_traceback(trained, photo, tmp_path):
     bad_config.write_text("name: x\ntrian:\n  epochs: 2\n")
     result = invoke("train", bad_config)
     assert result.exit_code == 2 and "did you mean 'train'" in result.output
+    # a misspelt argument of the task, the model or the method names the nearest one it takes
+    bad_config.write_text("name: x\nstudent: {name: enet}\ntask: {args: {fov_diamter: 500}}\n")
+    result = invoke("train", bad_config)
+    assert result.exit_code == 2
+    assert "task 'vessel-segmentation' has no argument 'fov_diamter' (did you mean 'fov_diameter'?)" in result.output
+    bad_config.write_text("name: x\nstudent: {name: fanet, args: {base_chanels: 8}}\n")
+    result = invoke("train", bad_config)
+    assert result.exit_code == 2 and "model 'fanet' has no argument 'base_chanels' (did you mean 'base_channels'?)" in result.output
     result = invoke("segment", photo, "--model", "drive-studnet", "--out", tmp_path)
     assert result.exit_code == 2 and "no shipped model or checkpoint named 'drive-studnet'" in result.output
     empty = tmp_path / "empty"

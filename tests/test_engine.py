@@ -10,6 +10,9 @@ from meddistill.config import config_from_dict
 from meddistill.engine import Trainer, build_schedule, resolve_device, train
 from meddistill.errors import MeddistillError
 from meddistill.config import ScheduleConfig
+from meddistill.distill import build_distiller
+from meddistill.tasks import SegmentationTask
+from meddistill.zoo import build_network
 
 
 def _weights(run_dir, stem="last"):
@@ -155,6 +158,9 @@ def test_method_without_teacher_and_bad_method_args_are_user_errors(tmp_path):
         Trainer(config_from_dict(tiny_config_dict(tmp_path, method={"name": "kd"})), progress=False)
     with pytest.raises(MeddistillError, match="unknown distillation method 'kdd' \\(did you mean 'kd'\\?\\)"):
         Trainer(config_from_dict(tiny_config_dict(tmp_path, method={"name": "kdd"})), progress=False)
+    net = build_network("enet")
+    with pytest.raises(MeddistillError, match="method 'kd' has no argument 'temprature' \\(did you mean 'temperature'\\?\\)"):
+        build_distiller("kd", net, net, SegmentationTask(), torch.zeros(1, 3, 32, 32), {"temprature": 2})
 
 
 @pytest.mark.parametrize("name", ["gpu", "cpu:0", "cuda:first", "CUDA"])

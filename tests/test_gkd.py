@@ -72,7 +72,7 @@ def test_views():
     with pytest.raises(MeddistillError, match="unknown view 'rotate'"):
         make_views(ones, ["rotate"])
     assert make_views(torch.zeros(1, 1, 64, 64), ["noise"], {"noise": {"std": 0.5}})[:, 1].std().item() == pytest.approx(0.5, rel=0.1)
-    with pytest.raises(MeddistillError, match="bad view arguments"):
+    with pytest.raises(MeddistillError, match="view 'noise' has no argument 'sigma'"):
         make_views(ones, ["noise"], {"noise": {"sigma": 1.0}})
 
 

@@ -8,6 +8,7 @@ from torch import nn
 
 from meddistill.errors import MeddistillError
 from meddistill.models import MODELS, ENet, ProbabilityEnsemble, pad_to_multiple
+from meddistill.registry import check_arguments
 
 # Small widths keep the tests fast; the parameter-count test uses the defaults.
 SMALL = {
@@ -27,6 +28,20 @@ def test_registry_names():
     assert {"enet", "fanet", "mobilenetv2_unet", "superretina", "retina-student"} <= set(MODELS.names())
     with pytest.raises(MeddistillError, match="did you mean 'enet'"):
         MODELS.get("enett")
+
+
+def test_check_arguments_names_the_nearest_keyword():
+    def factory(student, width: int = 1, *, depth: int = 2):
+        return student, width, depth
+
+    check_arguments("model 'x'", factory, {"width": 3, "depth": 1})
+    check_arguments("model 'x'", lambda **anything: anything, {"whatever": 1})  # takes any keyword
+    with pytest.raises(MeddistillError, match="^model 'x' has no argument 'widht' \\(did you mean 'width'\\?\\)$"):
+        check_arguments("model 'x'", factory, {"depth": 1, "widht": 3})
+    with pytest.raises(MeddistillError, match="^model 'x' has no argument 'colour'$"):
+        check_arguments("model 'x'", factory, {"colour": 3})
+    with pytest.raises(MeddistillError, match="has no argument 'student'"):  # the caller passes it
+        check_arguments("model 'x'", factory, {"student": 3}, passed=1)
 
 
 def test_pad_to_multiple_crops_back():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 from .errors import MeddistillError
 
@@ -15,6 +16,19 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """Return `` (did you mean 'x'?)`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def check_arguments(what: str, factory: Callable, args: Mapping[str, Any], passed: int = 0) -> None:
+    """A one-line error for the first of ``args`` that ``factory`` takes no keyword for,
+    naming the nearest one it does: a misspelt config argument never reaches a traceback.
+    The first ``passed`` parameters are the caller's own (a distiller's networks), not the user's."""
+    parameters = list(inspect.signature(factory).parameters.values())[passed:]
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    known = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in args:
+        if key not in known:
+            raise MeddistillError(f"{what} has no argument '{key}'{did_you_mean(key, known)}")
 
 
 class Registry(Generic[T]):

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from .config import DataConfig, ExperimentConfig
 from .errors import MeddistillError
-from .registry import Registry
+from .registry import Registry, check_arguments
 
 SEGMENTATION_LOSSES = ("ce", "dice_ce")
 
@@ -135,6 +135,7 @@ def build_task(config: ExperimentConfig) -> Task:
     args = dict(config.task.args)
     if cls is SegmentationTask:
         args.setdefault("loss", config.train.loss)
+    check_arguments(f"task '{config.task.name}'", cls, args)
     try:
         return cls(**args)
     except TypeError as err:

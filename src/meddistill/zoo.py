@@ -9,7 +9,7 @@ from torch import nn
 
 from .checkpoint import checkpoint_paths, load_weights, read_meta
 from .errors import MeddistillError
-from .registry import did_you_mean
+from .registry import check_arguments, did_you_mean
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -38,6 +38,7 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
 def build_network(name: str, args: dict[str, Any] | None = None) -> nn.Module:
     from .models import MODELS
 
+    check_arguments(f"model '{name}'", MODELS.get(name), args or {})
     try:
         return MODELS.build(name, **(args or {}))
     except TypeError as err:

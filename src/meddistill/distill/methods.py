@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MeddistillError
-from ..registry import Registry
+from ..registry import Registry, check_arguments
 from ..tasks import Task
 from .hooks import FeatureTap, tap_points
 from .losses import at_loss, fsp_loss, hint_loss, kd_loss
@@ -237,6 +237,7 @@ def build_distiller(
     args = dict(args or {})
     if "example" in inspect.signature(cls).parameters:
         args["example"] = example
+    check_arguments(f"method '{name}'", cls, args, passed=3)  # student, teacher, task
     try:
         return cls(student, teacher, task, **args)
     except TypeError as err:

@@ -14,6 +14,7 @@ from monai.transforms import SobelGradients
 from torch import Tensor
 
 from ..errors import MeddistillError
+from ..registry import check_arguments
 
 
 def random_cutout(images: Tensor, fraction: float = 0.25) -> Tensor:
@@ -69,7 +70,6 @@ def make_views(images: Tensor, names: list[str], args: dict[str, dict] | None = 
     unknown = [n for n in [*names, *args] if n not in VIEWS]
     if unknown:
         raise MeddistillError(f"unknown view '{unknown[0]}'; choose from {', '.join(VIEWS)}")
-    try:
-        return torch.stack([images] + [VIEWS[n](images, **args.get(n, {})) for n in names], dim=1)
-    except TypeError as err:
-        raise MeddistillError(f"bad view arguments {args}: {err}") from None
+    for name, view_args in args.items():
+        check_arguments(f"view '{name}'", VIEWS[name], view_args, passed=1)
+    return torch.stack([images] + [VIEWS[n](images, **args.get(n, {})) for n in names], dim=1)
