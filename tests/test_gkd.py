@@ -74,6 +74,8 @@ def test_views():
     assert make_views(torch.zeros(1, 1, 64, 64), ["noise"], {"noise": {"std": 0.5}})[:, 1].std().item() == pytest.approx(0.5, rel=0.1)
     with pytest.raises(MeddistillError, match="view 'noise' has no argument 'sigma'"):
         make_views(ones, ["noise"], {"noise": {"sigma": 1.0}})
+    with pytest.raises(MeddistillError, match="the arguments of view 'noise' must map names to values"):
+        make_views(ones, ["noise"], {"noise": 0.1})
 
 
 @pytest.mark.parametrize("spatial_dims, size", [(2, (32, 32)), (3, (16, 16, 16))])

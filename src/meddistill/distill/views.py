@@ -71,5 +71,7 @@ def make_views(images: Tensor, names: list[str], args: dict[str, dict] | None = 
     if unknown:
         raise MeddistillError(f"unknown view '{unknown[0]}'; choose from {', '.join(VIEWS)}")
     for name, view_args in args.items():
+        if not isinstance(view_args, dict):
+            raise MeddistillError(f"the arguments of view '{name}' must map names to values, e.g. {{std: 0.1}}, not {view_args!r}")
         check_arguments(f"view '{name}'", VIEWS[name], view_args, passed=1)
     return torch.stack([images] + [VIEWS[n](images, **args.get(n, {})) for n in names], dim=1)
