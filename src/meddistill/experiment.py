@@ -520,10 +520,8 @@ def _weights_digest(checkpoint: str) -> str:
 def _made_from(run: Run, runs: list[Run]) -> list[Run]:
     """The grid's runs whose weights ``run`` was trained from: its teacher, the student it
     starts from and the run whose pre-stages it copies."""
-    used = {run.config.student.weights}
-    if METHODS.get(run.variant.method).needs_teacher:
-        used.add(run.config.teacher.weights)
-    return [r for r in runs if r is not run and (r.checkpoint in used or r.run_dir == run.stages_from)]
+    needed = _checkpoints_needed(run)
+    return [r for r in runs if r is not run and (r.checkpoint in needed or r.run_dir == run.stages_from)]
 
 
 @dataclass
