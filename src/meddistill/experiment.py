@@ -356,7 +356,7 @@ def grid_status(path: str | Path, only: list[str] | None = None) -> list[tuple[s
         state, words = run_progress(run)
         if run.source in standing.kept:
             state, words = "reported", f"missing here; its results are kept in {where}"
-        elif run.label in standing.refused:
+        elif run.source in standing.refused:
             words = f"missing here; the results kept in {where} were made from other weights than its teacher's or start's now"
         status.append((run.label, run.source, state, words))
     return status
@@ -530,7 +530,7 @@ class _Standing:
 
     digests: dict[str, str]  # run source -> digest of the weights it reports
     kept: dict[str, str]  # run source -> cache key of the kept results it is reported from
-    refused: list[str]  # labels of runs whose kept results were made from other weights
+    refused: set[str]  # run sources whose kept results were made from other weights
 
 
 def _standing(runs: list[Run], cache: dict[str, Any], recorded: dict[str, Any], datasets: list[str]) -> _Standing:
@@ -538,7 +538,7 @@ def _standing(runs: list[Run], cache: dict[str, Any], recorded: dict[str, Any], 
     gone the results kept for it, as long as the grid plans the same config *and* they were
     made from the weights its teacher and start report now (a teacher trained again makes the
     rows distilled from the old one stale). ``runs`` in grid order: a run's sources first."""
-    standing = _Standing({}, {}, [])
+    standing = _Standing({}, {}, set())
     for run in runs:
         state = run.state()
         if state == "done":
@@ -550,7 +550,7 @@ def _standing(runs: list[Run], cache: dict[str, Any], recorded: dict[str, Any], 
                 standing.digests[run.source] = key.rsplit("@", 1)[1]
                 standing.kept[run.source] = key
             else:
-                standing.refused.append(run.label)
+                standing.refused.add(run.source)
     return standing
 
 
@@ -597,7 +597,7 @@ def evaluate_runs(
             if _is_gkd(run):
                 results[run.label]["fsd"] = recorded[key].get("fsd", {})
             continue
-        if run.label in standing.refused:
+        if run.source in standing.refused:
             print(f"{run.label}: not reported: its results in {cache_path} were made from other weights "
                   "than its teacher's or start's now", flush=True)
             continue
