@@ -68,6 +68,24 @@ def test_a_run_begun_without_float16_resumes_where_loss_scaling_is_on(tmp_path):
     assert resumed.start_epoch == 1 and resumed.scaler.get_scale() == 8.0
 
 
+@pytest.mark.parametrize(("amp", "dtype"), [("auto", None), ("off", None), (False, None), ("on", torch.bfloat16), (True, torch.bfloat16)])
+def test_amp_on_trains_a_cpu_run_in_bfloat16(tmp_path, amp, dtype):
+    """``auto`` is on for CUDA only; YAML reads a bare ``amp: on`` as true, which means on too."""
+    values = tiny_config_dict(tmp_path, train={"epochs": 1, "batch_size": 2, "amp": amp})
+    trainer = Trainer(config_from_dict(values), progress=False)
+    assert trainer.autocast_dtype == dtype and not trainer.scaler.is_enabled()  # bfloat16 needs no loss scaling
+    if dtype is not None:
+        before = [p.detach().clone() for p in trainer.model.student.parameters()]
+        trainer.fit()
+        assert all(p.dtype == torch.float32 for p in trainer.model.student.parameters())  # the weights stay float32
+        assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.student.parameters()))
+
+
+def test_an_unknown_amp_setting_is_a_user_error(tmp_path):
+    with pytest.raises(MeddistillError, match="train.amp must be auto, on or off, not 'bf16'"):
+        Trainer(config_from_dict(tiny_config_dict(tmp_path, train={"amp": "bf16"})), progress=False)
+
+
 def test_weight_averaging_saves_the_average_and_keeps_the_raw_weights_for_resuming(tmp_path):
     result = train(config_from_dict(tiny_config_dict(tmp_path, train={"epochs": 2, "batch_size": 2, "ema_decay": 0.5})), progress=False)
     state = torch.load(result.run_dir / "last.state.pt", weights_only=True)

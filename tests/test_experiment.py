@@ -207,15 +207,31 @@ def test_status_lists_how_far_each_run_has_trained(grid, tmp_path, monkeypatch):
 
 
 def test_a_run_executed_elsewhere_is_the_same_run(grid):
-    """Where and how a run trained (device, threads, loader workers) is not what it learns."""
+    """Where and how a run trained (device, threads, precision, loader workers) is not what it learns."""
     _, runs = plan_runs(load_grid(grid))
     scratch = next(r for r in runs if r.label == "enet / none")
     saved = config_to_dict(scratch.config)
-    saved["train"] |= {"device": "cuda", "threads": 16, "deterministic": not saved["train"]["deterministic"]}
+    saved["train"] |= {"device": "cuda", "threads": 16, "deterministic": not saved["train"]["deterministic"], "amp": "on"}
     saved["data"]["num_workers"] = 4
     assert experiment._config_differences(saved, scratch) == []
     saved["train"]["epochs"] += 1
     assert experiment._config_differences(saved, scratch) == [f"train.epochs: {saved['train']['epochs']} there, {scratch.config.train.epochs} here"]
+
+
+def test_set_says_how_every_run_of_the_grid_executes_here(grid):
+    """``experiment --set train.amp=on`` reaches each training command and config, teacher included."""
+    teacher, students = plan_runs(load_grid(grid), experiment.runtime_overrides(["train.amp=on", "train.threads=1"]))
+    for run in (teacher, *students):
+        assert (run.config.train.amp, run.config.train.threads) == (True, 1)  # YAML's on; the engine reads it so
+        assert {"train.amp=true", "train.threads=1"} <= set(run.command)
+    assert [r.run_dir for r in students] == [r.run_dir for r in plan_runs(load_grid(grid))[1]]  # the same runs
+
+
+@pytest.mark.parametrize("assignment", ["train.epochs=3", "student.name=enet", "train.amp"])
+def test_set_refuses_what_changes_what_the_runs_learn(grid, assignment):
+    result = CliRunner().invoke(app, ["experiment", str(grid), "--status", "--set", assignment])
+    assert result.exit_code == 2
+    assert f"--set '{assignment}': a grid takes only how its runs execute" in result.output, result.output
 
 
 def test_grid_mistakes_are_one_line_errors(grid, tmp_path):

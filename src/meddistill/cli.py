@@ -188,12 +188,14 @@ def experiment(
     status: Annotated[bool, typer.Option("--status", help="Only list each run and how far it has trained; train and evaluate nothing.")] = False,
     only: Annotated[Optional[list[str]], typer.Option(help="Train only this row of the grid (a key of its methods; repeatable) and the runs it needs first; every finished run is still reported. With --status: list only those runs.")] = None,
     jobs: Annotated[Optional[int], typer.Option(help="Training runs at a time (default: the grid's jobs).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="How the runs trained here execute, KEY=VALUE (repeatable): train.threads, train.device, train.deterministic, train.amp or data.num_workers; e.g. train.amp=on for bfloat16 on a CPU with AMX.")] = None,
 ) -> None:
     """Cross-domain grid: train on a source dataset, test on targets, write the table and figures."""
-    from .experiment import grid_status, run_grid
+    from .experiment import grid_status, run_grid, runtime_overrides
 
+    runtime = runtime_overrides(set_ or [])
     if not status:
-        console.print(run_grid(grid, train=train, with_cost=cost, only=only, jobs=jobs))
+        console.print(run_grid(grid, train=train, with_cost=cost, only=only, jobs=jobs, runtime=runtime))
         return
     runs = grid_status(grid, only)
     reported = sum(state == "reported" for _, _, state, _ in runs)

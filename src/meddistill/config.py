@@ -91,7 +91,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     grad_clip: float | None = 1.0  # max global grad norm; null disables
-    amp: str = "auto"  # auto (on for CUDA only) | on | off
+    amp: str | bool = "auto"  # auto (on for CUDA only) | on | off: bfloat16 autocast (float16 on GPUs without bf16)
     val_every: int = 1  # epochs
     monitor: str = "f1"  # validation metric that picks the best checkpoint
     device: str = "auto"  # auto | cpu | cuda

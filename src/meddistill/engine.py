@@ -231,6 +231,8 @@ class Trainer:
 
     def _autocast_dtype(self) -> torch.dtype | None:
         amp = self.config.train.amp
+        if isinstance(amp, bool):  # YAML reads a bare on / off as true / false
+            amp = "on" if amp else "off"
         if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
             return None
         if amp not in ("on", "auto"):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from torch import nn
 
 from .builders import build_samples
@@ -191,7 +192,9 @@ def _cli(verb: str, config: str, overrides: dict[str, Any]) -> list[str]:
     return [sys.executable, "-m", "meddistill", verb, config, "--no-progress", *sets]
 
 
-def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: str, k: int, teacher_net: dict) -> Run:
+def _student_run(
+    grid: GridConfig, base: ExperimentConfig, student: str, row: str, k: int, teacher_net: dict, runtime: dict[str, Any]
+) -> Run:
     """Replicate ``k`` of one student × row of the grid (``base``: the grid's student config)."""
     seed = base.seed + k
     suffix = f"-seed{seed}" if k else ""
@@ -205,6 +208,7 @@ def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: st
         "student.name": student,
         "method.name": variant.method,
         "method.args": variant.args,
+        **runtime,
     }
     if k:
         overrides.update({"seed": seed, "data.split_seed": base.seed})
@@ -222,13 +226,15 @@ def _student_run(grid: GridConfig, base: ExperimentConfig, student: str, row: st
     )
 
 
-def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
+def plan_runs(grid: GridConfig, runtime: dict[str, Any] | None = None) -> tuple[Run, list[Run]]:
     """The teacher run and the student runs; each student's block starts with its scratch row.
 
     Replicate k > 0 of a row is named ``...-seed<seed>``, trains with the student config's seed
     + k and keeps the first replicate's train/val split; a row that starts from another row's
-    trained student starts from that row's run of its own replicate.
+    trained student starts from that row's run of its own replicate. ``runtime``: overrides of
+    :data:`RUNTIME_KEYS` for every run trained (see :func:`runtime_overrides`).
     """
+    runtime = runtime or {}
     if grid.replicates < 1:
         raise MeddistillError(f"replicates must be at least 1, got {grid.replicates}")
     if grid.teacher_weights:
@@ -237,7 +243,9 @@ def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
             raise MeddistillError(f"teacher_weights {grid.teacher_weights} records no training config")
         teacher = Run("teacher", [], config_from_dict(meta["config"]), VariantConfig(), weights=grid.teacher_weights)
     else:
-        teacher = Run("teacher", _cli("train", grid.teacher, {}), load_config(grid.teacher), VariantConfig())
+        teacher = Run(
+            "teacher", _cli("train", grid.teacher, runtime), load_config(grid.teacher, _assignments(runtime)), VariantConfig()
+        )
     teacher_net = {
         "teacher.name": teacher.config.student.name,
         "teacher.args": teacher.config.student.args,
@@ -246,7 +254,7 @@ def plan_runs(grid: GridConfig) -> tuple[Run, list[Run]]:
     base = load_config(grid.student)
     rows = ["none"] + [row for row in grid.methods if row != "none"]  # the scratch row leads each block
     students = [
-        _student_run(grid, base, student, row, k, teacher_net)
+        _student_run(grid, base, student, row, k, teacher_net, runtime)
         for student in grid.students
         for row in rows
         for k in range(grid.replicates)
@@ -280,7 +288,23 @@ def _differences(saved: Any, planned: Any, where: str = "") -> list[str]:
 
 # How a run was executed, not what it learns: these may differ between a grid and its runs, so a
 # grid begun on a GPU can be finished on a CPU (or the reverse), each run resuming where it stopped.
-_RUNTIME_KEYS = ("train.threads", "train.device", "train.deterministic", "data.num_workers")
+RUNTIME_KEYS = ("train.threads", "train.device", "train.deterministic", "train.amp", "data.num_workers")
+
+
+def runtime_overrides(assignments: list[str]) -> dict[str, Any]:
+    """``key=value`` strings for every run of a grid on this machine, e.g. ``train.amp=on``: only
+    the keys of how a run executes (:data:`RUNTIME_KEYS`), so a grid's runs stay the same runs."""
+    overrides = {}
+    for item in assignments:
+        key, value = item.split("=", 1) if "=" in item else (item, None)
+        key = key.strip()
+        if value is None or key not in RUNTIME_KEYS:
+            raise MeddistillError(
+                f"--set '{item}': a grid takes only how its runs execute, key=value with a key of "
+                f"{', '.join(RUNTIME_KEYS)}; what they learn is set in its configs"
+            )
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 def _config_differences(saved: dict[str, Any], run: Run) -> list[str]:
@@ -288,7 +312,7 @@ def _config_differences(saved: dict[str, Any], run: Run) -> list[str]:
     return [
         d
         for d in _differences(saved, config_to_dict(run.config))
-        if not d.startswith(tuple(f"{key}:" for key in _RUNTIME_KEYS))
+        if not d.startswith(tuple(f"{key}:" for key in RUNTIME_KEYS))
     ]
 
 
@@ -791,15 +815,21 @@ def write_figures(results: dict[str, dict[str, Any]], datasets: dict[str, list[V
 
 
 def run_grid(
-    path: str | Path, train: bool = True, with_cost: bool = True, only: list[str] | None = None, jobs: int | None = None
+    path: str | Path,
+    train: bool = True,
+    with_cost: bool = True,
+    only: list[str] | None = None,
+    jobs: int | None = None,
+    runtime: dict[str, Any] | None = None,
 ) -> str:
     """Train (unless ``train`` is False), evaluate and report a grid; returns the Markdown table.
 
     ``only``: train just these grid rows (keys of the grid's methods) and the runs they need;
-    ``jobs``: training runs at a time, instead of the grid's ``jobs``. Every finished run is reported.
+    ``jobs``: training runs at a time, instead of the grid's ``jobs``; ``runtime``: how the runs
+    trained here execute (:func:`runtime_overrides`). Every finished run is reported.
     """
     grid = load_grid(path)
-    teacher, students = plan_runs(grid)
+    teacher, students = plan_runs(grid, runtime)
     if train:
         train_runs(select_runs(teacher, students, only) if only else [teacher, *students], grid.jobs if jobs is None else jobs)
     out = Path(grid.out)
