@@ -509,3 +509,51 @@ def test_rescale_sample_resizes_photo_and_masks_together():
     assert wide.vessels.dtype == bool and wide.fov.dtype == bool
     assert wide.vessels[::2, ::2].sum() == pytest.approx(sample.vessels.sum(), rel=0.05)  # nearest neighbour
     assert rescale_sample(sample, fov_diameter(sample.fov)).image is sample.image  # already at that size
+
+
+def test_folds_hold_out_every_image_exactly_once():
+    from meddistill.data import fold_split
+
+    drive = [VesselSample(f"{n}_training", None, None, None) for n in range(21, 41)]
+    held = [[s.name for s in fold_split(drive, 5, k, seed=0)[1]] for k in range(5)]
+    assert sorted(sum(held, [])) == sorted(s.name for s in drive)
+    assert [len(h) for h in held] == [4] * 5
+    for k in range(5):
+        train, val = fold_split(drive, 5, k, seed=0)
+        assert len(train) == 16 and not {s.name for s in train} & {s.name for s in val}
+    # fold 0 of 5 is the split val_fraction 0.2 draws with the same seed
+    assert held[0] == [s.name for s in split_samples(drive, 0.2, seed=0)[1]]
+    assert held != [[s.name for s in fold_split(drive, 5, k, seed=1)[1]] for k in range(5)]
+    uneven = [[s.name for s in fold_split(drive[:7], 3, k, seed=0)[1]] for k in range(3)]
+    assert sorted(len(h) for h in uneven) == [2, 2, 3] and len(set(sum(uneven, []))) == 7
+
+
+def test_folds_keep_a_subjects_images_together():
+    from meddistill.data import fold_split
+
+    ct = [VesselSample(f"chaos{p}_{k:03d}", None, None, None, str(p)) for p in range(1, 7) for k in range(3)]
+    for k in range(3):
+        val = fold_split(ct, 3, k, seed=0)[1]
+        assert len(val) == 6 and len({s.subject for s in val}) == 2
+
+
+@pytest.mark.parametrize(
+    ("folds", "fold", "message"),
+    [(1, 0, "data.folds must be 2 or more"), (5, 5, r"data.fold must be in 0..4"), (5, -1, r"data.fold must be in 0..4"),
+     (21, 0, "cannot cut 20 image")],
+)
+def test_bad_folds_are_one_line_errors(folds, fold, message):
+    from meddistill.data import fold_split
+
+    drive = [VesselSample(f"{n}_training", None, None, None) for n in range(21, 41)]
+    with pytest.raises(MeddistillError, match=message):
+        fold_split(drive, folds, fold, seed=0)
+
+
+def test_folds_and_val_subjects_are_exclusive():
+    from meddistill.builders import build_samples
+    from meddistill.config import DataConfig
+
+    assert len(build_samples(DataConfig(phantom_count=6, phantom_size=64, folds=3, fold=2), 0)[1]) == 2
+    with pytest.raises(MeddistillError, match="val_subjects and data.folds"):
+        build_samples(DataConfig(phantom_count=4, phantom_size=64, folds=2, val_subjects=["phantom_0_002"]), 0)

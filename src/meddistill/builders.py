@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .config import DataConfig, ExperimentConfig, NetworkConfig
-from .data import VesselSample, hold_out_subjects, load_dataset, make_phantom_dataset, split_samples
+from .data import VesselSample, fold_split, hold_out_subjects, load_dataset, make_phantom_dataset, split_samples
 from .errors import MeddistillError
 from .zoo import build_network, load_model
 
@@ -19,7 +19,8 @@ def phantom_samples(count: int, size: int, seed: int) -> list[VesselSample]:
 
 
 def build_samples(data: DataConfig, seed: int) -> tuple[list[VesselSample], list[VesselSample]]:
-    """Training and validation samples (a deterministic split by image, or by ``data.val_subjects``).
+    """Training and validation samples: a deterministic split by image, by ``data.val_subjects``,
+    or one fold of a cross-validation (``data.folds``, ``data.fold``).
 
     ``data.split_seed``, when set, replaces ``seed`` here, so that runs with other seeds
     (replicates) train and validate on the same images.
@@ -32,8 +33,12 @@ def build_samples(data: DataConfig, seed: int) -> tuple[list[VesselSample], list
         if data.root is None:
             raise MeddistillError(f"data.root must be set for dataset '{data.dataset}'")
         samples = load_dataset(data.dataset, data.root)
+    if data.val_subjects and data.folds:
+        raise MeddistillError("data.val_subjects and data.folds both choose the held-out images; set one of them")
     if data.val_subjects:
         train, val = hold_out_subjects(samples, data.val_subjects)
+    elif data.folds:
+        train, val = fold_split(samples, data.folds, data.fold, seed)
     else:
         train, val = split_samples(samples, data.val_fraction, seed)
     if not train:

@@ -208,6 +208,33 @@ def experiment(
     console.print(table)
 
 
+@app.command()
+@user_errors
+def crossval(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Folds trained at a time.")] = 1,
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Train missing folds first (partial ones resume); --no-train scores the finished ones.")] = True,
+    status: Annotated[bool, typer.Option("--status", help="Only list each fold and how far it has trained.")] = False,
+    checkpoint: Annotated[str, typer.Option(help="Which checkpoint of each fold is scored: last (the fixed schedule's end) or best (picked on the very images it is scored on, so flattered).")] = "last",
+    threshold: ThresholdOpt = 0.5,
+    out: Annotated[Optional[Path], typer.Option(help="Report folder (default: <output>/<name>-crossval).")] = None,
+) -> None:
+    """k-fold cross-validation (data.folds): train the config once per fold, score each on the images it held out, pool them."""
+    from .crossval import fold_status, plan_folds, run_crossval
+
+    if not status:
+        console.print(run_crossval(config, set_, train=train, jobs=jobs, checkpoint=checkpoint, threshold=threshold, out=out))
+        return
+    _, runs = plan_folds(config, set_)
+    table = Table(title=f"{config}: {len(runs)} folds")
+    for column in ("fold", "run", "progress"):
+        table.add_column(column, overflow="fold")
+    for row in fold_status(runs):
+        table.add_row(*row)
+    console.print(table)
+
+
 RegistrationMethodOpt = Annotated[str, typer.Option(
     help="Keypoint method: sift, superpoint, superretina, superretina-lk, superretina-swin or retina-student.")]
 WeightsOpt = Annotated[Optional[str], typer.Option(help="Checkpoint for a learned method (default: its shipped weights).")]

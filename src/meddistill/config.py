@@ -40,6 +40,10 @@ class DataConfig:
     # a val_fraction drawn at random: a paper's fixed split
     val_subjects: list[str | int] = field(default_factory=list)
     split_seed: int | None = None  # seed of the phantoms and the train/val split; None: the run's seed
+    # >= 2: k-fold cross-validation instead of val_fraction: the images (or subjects) are
+    # shuffled with the split seed and cut into this many folds; fold `fold` is held out
+    folds: int = 0
+    fold: int = 0
     phantom_count: int = 12
     phantom_size: int = 256
     patch_size: int = 128

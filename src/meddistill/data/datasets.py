@@ -35,6 +35,7 @@ __all__ = [
     "load_folder",
     "load_hrf",
     "load_stare",
+    "fold_split",
     "hold_out_subjects",
     "random_subset",
     "split_samples",
@@ -271,6 +272,18 @@ def load_dataset(kind: str, root: str | Path, **kwargs) -> list[VesselSample]:
     return DATASET_LOADERS[kind](root, **kwargs)
 
 
+def _shuffled_groups(
+    samples: Sequence[VesselSample], seed: int, group: Callable[[str], str] | None
+) -> tuple[list[str], list[str]]:
+    """Each sample's group key, and the distinct groups in the seeded random order splits draw from."""
+    keys = [group(s.name) if group else (s.subject or s.name) for s in samples]
+    return keys, np.random.default_rng(seed).permutation(sorted(set(keys))).tolist()
+
+
+def _hold_out(samples: Sequence[VesselSample], keys: list[str], held: set[str]) -> tuple[list[VesselSample], list[VesselSample]]:
+    return [s for s, k in zip(samples, keys) if k not in held], [s for s, k in zip(samples, keys) if k in held]
+
+
 def split_samples(
     samples: Sequence[VesselSample],
     val_fraction: float,
@@ -290,17 +303,33 @@ def split_samples(
     """
     if not 0 <= val_fraction < 1:
         raise MeddistillError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    keys = [group(s.name) if group else (s.subject or s.name) for s in samples]
-    groups = sorted(set(keys))
+    keys, groups = _shuffled_groups(samples, seed, group)
     n_val = round(len(groups) * val_fraction)
     if val_fraction > 0:
         if len(groups) < 2:
             raise MeddistillError(f"cannot split {len(groups)} image(s) into training and validation parts")
         n_val = min(max(n_val, 1), len(groups) - 1)
-    val_groups = set(np.random.default_rng(seed).permutation(groups)[:n_val].tolist())
-    train = [s for s, k in zip(samples, keys) if k not in val_groups]
-    val = [s for s, k in zip(samples, keys) if k in val_groups]
-    return train, val
+    return _hold_out(samples, keys, set(groups[:n_val]))
+
+
+def fold_split(
+    samples: Sequence[VesselSample], folds: int, fold: int, seed: int
+) -> tuple[list[VesselSample], list[VesselSample]]:
+    """(train, validation) of fold ``fold`` of a ``folds``-fold cross-validation, by image or subject.
+
+    The groups are shuffled as :func:`split_samples` shuffles them and cut into ``folds``
+    contiguous parts of near-equal size, so every image is held out by exactly one fold, and
+    fold 0 of 5 holds out what ``val_fraction: 0.2`` holds out with the same seed.
+    """
+    if folds < 2:
+        raise MeddistillError(f"data.folds must be 2 or more for cross-validation, got {folds}")
+    if not 0 <= fold < folds:
+        raise MeddistillError(f"data.fold must be in 0..{folds - 1}, got {fold}")
+    keys, groups = _shuffled_groups(samples, seed, None)
+    if len(groups) < folds:
+        raise MeddistillError(f"cannot cut {len(groups)} image(s) or subject(s) into {folds} folds")
+    start, stop = (round(len(groups) * k / folds) for k in (fold, fold + 1))
+    return _hold_out(samples, keys, set(groups[start:stop]))
 
 
 def hold_out_subjects(samples: Sequence[VesselSample], subjects: Sequence[str | int]) -> tuple[list[VesselSample], list[VesselSample]]:
@@ -312,11 +341,10 @@ def hold_out_subjects(samples: Sequence[VesselSample], subjects: Sequence[str | 
     """
     keys = [s.subject or s.name for s in samples]
     known = list(dict.fromkeys(keys))
-    held = {str(subject) for subject in subjects}
     for subject in map(str, subjects):
         if subject not in known:
             raise MeddistillError(f"val_subjects: no subject '{subject}' in the dataset{did_you_mean(subject, known)}")
-    return [s for s, k in zip(samples, keys) if k not in held], [s for s, k in zip(samples, keys) if k in held]
+    return _hold_out(samples, keys, {str(subject) for subject in subjects})
 
 
 def random_subset(samples: Sequence[VesselSample], count: int, seed: int) -> list[VesselSample]:
