@@ -80,3 +80,14 @@ def test_crossval_scores_only_the_finished_folds_and_says_so(config, tmp_path):
 def test_crossval_mistakes_are_one_line_errors(config, args, message):
     result = CliRunner().invoke(app, ["crossval", str(config), "--no-train", *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_each_fold_distils_from_its_own_teacher(tmp_path):
+    values = tiny_config_dict(tmp_path, "student-cv", method={"name": "kd"},
+                              teacher={"name": "fanet", "weights": "runs/teacher-cv-fold{fold}/last"})
+    values["data"]["folds"] = 2
+    path = tmp_path / "student.yaml"
+    path.write_text(yaml.safe_dump(values))
+    _, runs = plan_folds(path)
+    assert [r.config.teacher.weights for r in runs] == ["runs/teacher-cv-fold0/last", "runs/teacher-cv-fold1/last"]
+    assert runs[1].command[3] == "distill" and "teacher.weights=runs/teacher-cv-fold1/last" in runs[1].command

@@ -37,7 +37,12 @@ _COLUMNS = ("sensitivity", "specificity", "accuracy", "auc", "f1", "miou")
 def plan_folds(config_path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, list[Run]]:
     """The config (after ``overrides``, ``key=value``) and one run per fold of its ``data.folds``:
     ``<name>-fold<k>`` with ``data.fold: k``, each trained by an ordinary ``train`` (or
-    ``distill``) call with those overrides."""
+    ``distill``) call with those overrides.
+
+    ``{fold}`` in ``teacher.weights`` or ``student.weights`` becomes the fold's number, so each
+    fold distils from (or starts from) a network that never saw the images it holds out, e.g.
+    ``teacher.weights: runs/drive-teacher-cv-fold{fold}/last``.
+    """
     overrides = list(overrides or [])
     base = config_from_dict(apply_overrides(read_yaml(config_path), overrides))
     if base.data.folds < 2:
@@ -48,6 +53,8 @@ def plan_folds(config_path: str | Path, overrides: list[str] | None = None) -> t
     runs = []
     for k in range(base.data.folds):
         fold = [*overrides, f"name={base.name}-fold{k}", f"data.fold={k}"]
+        fold += [f"{role}.weights={net.weights.replace('{fold}', str(k))}"
+                 for role, net in (("teacher", base.teacher), ("student", base.student)) if net and net.weights and "{fold}" in net.weights]
         config = load_config(config_path, fold)
         command = [*_cli(verb, str(config_path), {}), *(part for item in fold for part in ("--set", item))]
         variant = VariantConfig(method=config.method.name, args=config.method.args)
