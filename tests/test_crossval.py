@@ -90,4 +90,4 @@ def test_each_fold_distils_from_its_own_teacher(tmp_path):
     path.write_text(yaml.safe_dump(values))
     _, runs = plan_folds(path)
     assert [r.config.teacher.weights for r in runs] == ["runs/teacher-cv-fold0/last", "runs/teacher-cv-fold1/last"]
-    assert runs[1].command[3] == "distill" and "teacher.weights=runs/teacher-cv-fold1/last" in runs[1].command
+    assert runs[1].command[3] == "distill" and "teacher.weights=\"runs/teacher-cv-fold1/last\"" in runs[1].command

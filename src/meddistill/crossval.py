@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+
 from .builders import build_samples
 from .config import ExperimentConfig, apply_overrides, config_from_dict, load_config, read_yaml
 from .data import Preparation, VesselSample
 from .engine import resolve_device
 from .errors import MeddistillError
-from .experiment import Run, VariantConfig, _cli, run_progress, train_runs
+from .experiment import Run, VariantConfig, assignments, run_progress, train_runs, training_command
 from .inference import evaluate_samples
 from .metrics import MetricAccumulator, segmentation_metrics
 from .zoo import load_model
@@ -50,15 +52,16 @@ def plan_folds(config_path: str | Path, overrides: list[str] | None = None) -> t
     if base.task.name != "vessel-segmentation":
         raise MeddistillError(f"crossval scores segmentation; {config_path} trains a '{base.task.name}' task")
     verb = "train" if base.method.name == "none" else "distill"
+    given = {key.strip(): yaml.safe_load(value) for key, value in (item.split("=", 1) for item in overrides)}
     runs = []
     for k in range(base.data.folds):
-        fold = [*overrides, f"name={base.name}-fold{k}", f"data.fold={k}"]
-        fold += [f"{role}.weights={net.weights.replace('{fold}', str(k))}"
-                 for role, net in (("teacher", base.teacher), ("student", base.student)) if net and net.weights and "{fold}" in net.weights]
-        config = load_config(config_path, fold)
-        command = [*_cli(verb, str(config_path), {}), *(part for item in fold for part in ("--set", item))]
+        fold = {**given, "name": f"{base.name}-fold{k}", "data.fold": k}
+        for role, net in (("teacher", base.teacher), ("student", base.student)):
+            if net is not None and net.weights and "{fold}" in net.weights:
+                fold[f"{role}.weights"] = net.weights.replace("{fold}", str(k))
+        config = load_config(config_path, assignments(fold))
         variant = VariantConfig(method=config.method.name, args=config.method.args)
-        runs.append(Run(label=f"fold {k}", command=command, config=config, variant=variant))
+        runs.append(Run(f"fold {k}", training_command(verb, str(config_path), fold), config, variant))
     return base, runs
 
 

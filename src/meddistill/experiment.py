@@ -182,13 +182,14 @@ def _check_stage_source(grid: GridConfig, label: str) -> None:
         )
 
 
-def _assignments(overrides: dict[str, Any]) -> list[str]:
+def assignments(overrides: dict[str, Any]) -> list[str]:
     """``--set`` values: ``key=<value as JSON>``, which the config loader reads back as YAML."""
     return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
 
 
-def _cli(verb: str, config: str, overrides: dict[str, Any]) -> list[str]:
-    sets = [item for assignment in _assignments(overrides) for item in ("--set", assignment)]
+def training_command(verb: str, config: str, overrides: dict[str, Any]) -> list[str]:
+    """The ``meddistill VERB CONFIG --set ...`` call that trains one run, in this Python."""
+    sets = [item for assignment in assignments(overrides) for item in ("--set", assignment)]
     return [sys.executable, "-m", "meddistill", verb, config, "--no-progress", *sets]
 
 
@@ -217,8 +218,8 @@ def _student_run(
         overrides.update(teacher_net)
     if start_row := variant.start_row():
         overrides["student.weights"] = str(Path(base.output) / run_name(start_row) / "best")
-    config = load_config(grid.student, _assignments(overrides))
-    command = _cli("distill" if method.needs_teacher else "train", grid.student, overrides)
+    config = load_config(grid.student, assignments(overrides))
+    command = training_command("distill" if method.needs_teacher else "train", grid.student, overrides)
     label = f"{student} / {row}"
     stages_from = Path(base.output) / run_name(variant.stages_from) if variant.stages_from else None
     return Run(
@@ -244,7 +245,7 @@ def plan_runs(grid: GridConfig, runtime: dict[str, Any] | None = None) -> tuple[
         teacher = Run("teacher", [], config_from_dict(meta["config"]), VariantConfig(), weights=grid.teacher_weights)
     else:
         teacher = Run(
-            "teacher", _cli("train", grid.teacher, runtime), load_config(grid.teacher, _assignments(runtime)), VariantConfig()
+            "teacher", training_command("train", grid.teacher, runtime), load_config(grid.teacher, assignments(runtime)), VariantConfig()
         )
     teacher_net = {
         "teacher.name": teacher.config.student.name,
