@@ -91,3 +91,11 @@ def test_each_fold_distils_from_its_own_teacher(tmp_path):
     _, runs = plan_folds(path)
     assert [r.config.teacher.weights for r in runs] == ["runs/teacher-cv-fold0/last", "runs/teacher-cv-fold1/last"]
     assert runs[1].command[3] == "distill" and "teacher.weights=\"runs/teacher-cv-fold1/last\"" in runs[1].command
+
+
+def test_spread_is_the_sample_deviation_and_the_standard_error():
+    from meddistill.crossval import spread
+
+    std, error = spread([{"f1": 0.7}, {"f1": 0.8}, {"f1": 0.9}])
+    assert std == pytest.approx(0.1) and error == pytest.approx(0.1 / 3**0.5)
+    assert all(v != v for v in spread([{"f1": 0.7}]))  # one value has no spread: NaN, not 0

@@ -224,7 +224,7 @@ def crossval(
     from .crossval import fold_status, plan_folds, run_crossval
 
     if not status:
-        console.print(run_crossval(config, set_, train=train, jobs=jobs, checkpoint=checkpoint, threshold=threshold, out=out))
+        console.print(run_crossval(config, set_, train=train, jobs=jobs, checkpoint=checkpoint, threshold=threshold, out=out), soft_wrap=True)
         return
     _, runs = plan_folds(config, set_)
     table = Table(title=f"{config}: {len(runs)} folds")

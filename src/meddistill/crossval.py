@@ -121,9 +121,9 @@ def summary_rows(result: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
     return rows
 
 
-def spread(result: dict[str, Any], metric: str = "f1") -> tuple[float, float]:
-    """(standard deviation of the folds' ``metric``, standard error of their mean)."""
-    values = np.array([f[metric] for f in result["folds"]])
+def spread(rows: list[dict[str, Any]], metric: str = "f1") -> tuple[float, float]:
+    """(standard deviation of ``metric`` over ``rows``, standard error of its mean); NaN for one row."""
+    values = np.array([row[metric] for row in rows])
     std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
     return std, std / np.sqrt(len(values))
 
@@ -136,7 +136,8 @@ def write_report(result: dict[str, Any], out: Path, title: str) -> str:
         writer = csv.DictWriter(f, fieldnames=list(result["images"][0]))
         writer.writeheader()
         writer.writerows(result["images"])
-    std, error = spread(result)
+    fold_std, fold_error = spread(result["folds"])
+    image_std, image_error = spread(result["images"])
     lines = [
         f"{title}: {result['checkpoint']} checkpoint of each fold, threshold {result['threshold']}, pixels inside the field of view.",
         "",
@@ -144,7 +145,8 @@ def write_report(result: dict[str, Any], out: Path, title: str) -> str:
         "|---|" + "---|" * len(_COLUMNS),
         *(f"| {label} | " + " | ".join(f"{m[c]:.4f}" for c in _COLUMNS) + " |" for label, m in summary_rows(result)),
         "",
-        f"Fold F1: standard deviation {std:.4f}, standard error of the mean {error:.4f}.",
+        f"F1 of the {len(result['folds'])} folds: standard deviation {fold_std:.4f}, standard error of their mean {fold_error:.4f}.",
+        f"F1 of the {len(result['images'])} images, each alone: standard deviation {image_std:.4f}, standard error of their mean {image_error:.4f}.",
     ]
     markdown = "\n".join(lines) + "\n"
     (out / "crossval.md").write_text(markdown)
